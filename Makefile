@@ -1,0 +1,35 @@
+# Two commands: `make run` brings the whole system up, `make test` runs every test.
+# Both create .venv and install the project first; nothing else needs to be installed.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test bench lint services-stop clean
+
+run: $(STAMP)
+	$(BIN)/backend up
+
+test: $(STAMP)
+	$(BIN)/pytest
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+services-stop: $(STAMP)
+	$(BIN)/backend services stop
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+clean:
+	-$(BIN)/backend services stop
+	rm -rf $(VENV) .run .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,69 @@
+"""Named failures. Domain code raises these; `server.problems` maps each to one HTTP status."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+class DomainError(Exception):
+    """An expected outcome a caller must handle. It never counts as an actor crash."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class NotFound(DomainError):
+    """The thing asked for does not exist, or the caller may not know that it does."""
+
+
+class Conflict(DomainError):
+    """The request clashes with the current state (taken name, illegal transition, no stock)."""
+
+
+class Unauthenticated(DomainError):
+    """No valid credentials came with the request."""
+
+
+class PermissionDenied(DomainError):
+    """The caller is known but may not do this."""
+
+
+@dataclass(frozen=True, slots=True)
+class FieldError:
+    field: str
+    message: str
+
+
+class InvalidInput(DomainError):
+    """Input that passed parsing but breaks a rule; names each bad field."""
+
+    def __init__(self, detail: str, errors: Sequence[FieldError] = ()) -> None:
+        super().__init__(detail)
+        self.errors = list(errors)
+
+
+class RuntimeFailure(Exception):
+    """Raised by the actor runtime itself, not by domain logic."""
+
+    def __init__(self, actor: str, detail: str) -> None:
+        super().__init__(f"{actor}: {detail}")
+        self.actor = actor
+        self.detail = detail
+
+
+class Overloaded(RuntimeFailure):
+    """The actor's mailbox is full: refused at once rather than queued without bound."""
+
+
+class DeadlineExceeded(RuntimeFailure):
+    """The message's time budget ran out before it was answered."""
+
+
+class ActorStopped(RuntimeFailure):
+    """The actor is stopping or stopped and takes no new messages."""
+
+
+class DependencyUnavailable(RuntimeFailure):
+    """A backing service (database, Redis) could not be reached."""

@@ -1,0 +1,163 @@
+"""Typed settings, read from the environment and an optional `.env` file, validated at start."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AnyUrl,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class ConfigError(Exception):
+    """Configuration that stops start-up. The message names the variable and never its value."""
+
+
+def _split(value: Any) -> Any:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+def _check_dsn(value: SecretStr | None, schemes: tuple[str, ...]) -> SecretStr | None:
+    if value is not None:
+        url = AnyUrl(value.get_secret_value())
+        if url.scheme not in schemes:
+            raise ValueError(f"scheme must be one of {', '.join(schemes)}")
+    return value
+
+
+CommaList = Annotated[list[str], NoDecode]
+SecretList = Annotated[list[SecretStr], NoDecode]
+
+
+class Settings(BaseSettings):
+    """Everything the processes read from their environment.
+
+    Connection URLs are secrets: they are never logged, and `redacted()` is what start-up prints.
+    When `DATABASE_URL`, `DATABASE_REPLICA_URLS` and `REDIS_URL` are unset, the embedded services
+    started by `backend services start` (state in `STATE_DIR`) are used.
+    """
+
+    model_config = SettingsConfigDict(
+        env_file=os.environ.get("ENV_FILE", ".env"),
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        frozen=True,
+    )
+
+    app_env: Literal["dev", "test", "prod"] = "dev"
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    workers: int | None = Field(
+        None, ge=1, le=256, description="API processes; default: one per core"
+    )
+    state_dir: Path = Path(".run")
+
+    database_url: SecretStr | None = None
+    database_replica_urls: SecretList = Field(default_factory=list)
+    redis_url: SecretStr | None = None
+    redis_namespace: str = Field("backend", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+
+    db_pool_size: int = Field(10, ge=1, le=200, description="per actor, primary and each replica")
+    db_connect_timeout: float = Field(5.0, gt=0)
+    db_command_timeout: float = Field(10.0, gt=0)
+    redis_pool_size: int = Field(32, ge=1, le=1024)
+    replica_check_interval: float = Field(1.0, gt=0)
+    replica_max_lag_seconds: float = Field(30.0, gt=0)
+
+    actor_mailbox_size: int = Field(256, ge=1)
+    request_timeout: float = Field(10.0, gt=0)
+    retry_after_seconds: int = Field(1, ge=1)
+    drain_seconds: float = Field(2.0, ge=0)
+    shutdown_timeout: float = Field(20.0, gt=0)
+    max_body_bytes: int = Field(1 << 20, ge=1024)
+
+    cors_origins: CommaList = Field(default_factory=list)
+    hsts_seconds: int = Field(31_536_000, ge=0)
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    access_log: bool = True
+
+    @field_validator("database_replica_urls", "cors_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        return _split(value)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: SecretStr | None) -> SecretStr | None:
+        return _check_dsn(value, ("postgres", "postgresql"))
+
+    @field_validator("database_replica_urls")
+    @classmethod
+    def _postgres_urls(cls, value: list[SecretStr]) -> list[SecretStr]:
+        for item in value:
+            _check_dsn(item, ("postgres", "postgresql"))
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: SecretStr | None) -> SecretStr | None:
+        return _check_dsn(value, ("redis", "rediss", "unix"))
+
+    @model_validator(mode="after")
+    def _replicas_need_primary(self) -> Settings:
+        if self.database_replica_urls and self.database_url is None:
+            raise ValueError("DATABASE_REPLICA_URLS is set but DATABASE_URL is not")
+        return self
+
+    @property
+    def uses_embedded_services(self) -> bool:
+        return self.database_url is None or self.redis_url is None
+
+    @property
+    def primary_dsn(self) -> str:
+        return _required(self.database_url, "DATABASE_URL")
+
+    @property
+    def replica_dsns(self) -> list[str]:
+        return [url.get_secret_value() for url in self.database_replica_urls]
+
+    @property
+    def redis_dsn(self) -> str:
+        return _required(self.redis_url, "REDIS_URL")
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings as start-up logs them: secrets masked."""
+        return self.model_dump(mode="json")
+
+
+def _required(value: SecretStr | None, variable: str) -> str:
+    if value is None:
+        raise ConfigError(
+            f"{variable} is not set and no embedded services were found: "
+            "run `backend services start` or set it"
+        )
+    return value.get_secret_value()
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read and validate the settings; raise `ConfigError` naming each bad variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as error:
+        problems = []
+        for item in error.errors(include_input=False, include_url=False):
+            variable = str(item["loc"][0]).upper() if item["loc"] else "settings"
+            problems.append(f"{variable}: {item['msg']}")
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None

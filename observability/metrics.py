@@ -1,0 +1,149 @@
+"""Prometheus metrics.
+
+Every metric is a module-level prometheus-client object, so that with several API processes
+(`PROMETHEUS_MULTIPROC_DIR` set by `backend serve --workers N`) one scrape reports their sum.
+Labels are bounded: route templates, actor names, replica names, never raw input.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+HTTP_REQUESTS = Counter(
+    "http_requests_total", "HTTP requests answered.", ["method", "route", "status"]
+)
+HTTP_DURATION = Histogram(
+    "http_request_duration_seconds",
+    "Time from request start to response, by route template.",
+    ["method", "route"],
+    buckets=LATENCY_BUCKETS,
+)
+HTTP_IN_FLIGHT = Gauge(
+    "http_requests_in_flight", "Requests being handled now.", multiprocess_mode="livesum"
+)
+
+ACTOR_MAILBOX = Gauge(
+    "actor_mailbox_depth",
+    "Messages waiting in the mailbox.",
+    ["actor"],
+    multiprocess_mode="livesum",
+)
+ACTOR_IN_PROGRESS = Gauge(
+    "actor_in_progress", "Messages being handled now.", ["actor"], multiprocess_mode="livesum"
+)
+ACTOR_MESSAGES = Counter(
+    "actor_messages_total",
+    "Messages by outcome: processed, failed (crash), rejected (mailbox full), expired (deadline).",
+    ["actor", "outcome"],
+)
+ACTOR_RESTARTS = Counter("actor_restarts_total", "Actor restarts after a crash.", ["actor"])
+ACTOR_DURATION = Histogram(
+    "actor_message_duration_seconds",
+    "Time spent handling one message.",
+    ["actor"],
+    buckets=LATENCY_BUCKETS,
+)
+
+DB_READS = Counter(
+    "db_reads_total",
+    "Stale-tolerant reads by where they ran: replica, or primary (no healthy replica).",
+    ["target"],
+)
+DB_REPLICA_UP = Gauge(
+    "db_replica_up",
+    "1 when the replica is reachable and within the lag limit.",
+    ["replica"],
+    multiprocess_mode="livemin",
+)
+DB_REPLICA_LAG = Gauge(
+    "db_replica_lag_seconds",
+    "Replica replay lag behind the primary.",
+    ["replica"],
+    multiprocess_mode="livemax",
+)
+DB_REPLICA_LAG_BYTES = Gauge(
+    "db_replica_lag_bytes",
+    "WAL bytes the replica has yet to replay.",
+    ["replica"],
+    multiprocess_mode="livemax",
+)
+
+
+class ActorMetrics:
+    """The metric children of one actor, bound once so the hot path does no label lookups."""
+
+    __slots__ = (
+        "_duration",
+        "_expired",
+        "_failed",
+        "_in_progress",
+        "_mailbox",
+        "_processed",
+        "_rejected",
+        "_restarts",
+    )
+
+    def __init__(self, actor: str) -> None:
+        self._mailbox = ACTOR_MAILBOX.labels(actor)
+        self._in_progress = ACTOR_IN_PROGRESS.labels(actor)
+        self._processed = ACTOR_MESSAGES.labels(actor, "processed")
+        self._failed = ACTOR_MESSAGES.labels(actor, "failed")
+        self._rejected = ACTOR_MESSAGES.labels(actor, "rejected")
+        self._expired = ACTOR_MESSAGES.labels(actor, "expired")
+        self._restarts = ACTOR_RESTARTS.labels(actor)
+        self._duration = ACTOR_DURATION.labels(actor)
+
+    def mailbox(self, depth: int) -> None:
+        self._mailbox.set(depth)
+
+    def in_progress(self, count: int) -> None:
+        self._in_progress.set(count)
+
+    def processed(self, seconds: float) -> None:
+        self._processed.inc()
+        self._duration.observe(seconds)
+
+    def failed(self, seconds: float) -> None:
+        self._failed.inc()
+        self._duration.observe(seconds)
+
+    def rejected(self) -> None:
+        self._rejected.inc()
+
+    def expired(self) -> None:
+        self._expired.inc()
+
+    def restarted(self) -> None:
+        self._restarts.inc()
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+
+
+def exposition() -> tuple[bytes, str]:
+    """The text a scrape gets: this process's metrics, or the sum over every process."""
+    if multiprocess_dir():
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def mark_process_dead(pid: int) -> None:
+    """Drop a finished process's live gauges from the sums."""
+    if multiprocess_dir():
+        multiprocess.mark_process_dead(pid)

@@ -1,0 +1,1 @@
+"""Scheduler: background jobs handed from actors to Taskiq workers over Redis."""

@@ -1,0 +1,1 @@
+"""Server: the aiohttp application, its routes and middleware, and the `backend` command."""

@@ -1,0 +1,70 @@
+"""The application factory: configuration, resources, actors, routes, middleware.
+
+Resources and actors are async contexts in `cleanup_ctx`: the code before each `yield` runs at
+start-up in list order, the code after it at shutdown in reverse, so both read top-down here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp_cors
+from aiohttp import web
+
+from actors import ActorSystem
+from actors.health import HEALTH, HealthMonitor
+from config import Settings
+from server import health
+from server.middleware import limits, observe, problem_details, security_headers
+from server.routing import install
+from server.state import ACTORS, LIFECYCLE, SETTINGS, Lifecycle
+from storage.postgres import ReplicaSet
+
+EXPOSED_HEADERS = ("X-Request-ID", "Retry-After")
+ALLOWED_HEADERS = ("Authorization", "Content-Type", "X-Request-ID")
+
+
+async def create_app(settings: Settings) -> web.Application:
+    app = web.Application(
+        middlewares=[
+            observe(log_requests=settings.access_log),
+            problem_details(retry_after=settings.retry_after_seconds),
+            limits(timeout=settings.request_timeout, max_body=settings.max_body_bytes),
+        ],
+        client_max_size=settings.max_body_bytes,
+    )
+    app[SETTINGS] = settings
+    app[LIFECYCLE] = Lifecycle()
+    app[ACTORS] = ActorSystem(
+        mailbox_size=settings.actor_mailbox_size, stop_timeout=settings.shutdown_timeout
+    )
+    app.cleanup_ctx.append(actors)
+
+    install(app, health.routes)
+    allow_cors(app, settings.cors_origins)
+    app.on_response_prepare.append(security_headers(hsts_seconds=settings.hsts_seconds))
+    return app
+
+
+async def actors(app: web.Application) -> AsyncIterator[None]:
+    """Start the actors in dependency order; stop them, draining, in reverse."""
+    settings = app[SETTINGS]
+    replicas = ReplicaSet(len(settings.replica_dsns))
+    async with app[ACTORS] as system:
+        await system.spawn(HEALTH, lambda: HealthMonitor(settings, replicas), concurrency=4)
+        yield
+
+
+def allow_cors(app: web.Application, origins: list[str]) -> None:
+    """Answer cross-origin requests from the configured origins only (none by default)."""
+    if not origins:
+        return
+    options = aiohttp_cors.ResourceOptions(
+        allow_credentials=True,
+        expose_headers=EXPOSED_HEADERS,
+        allow_headers=ALLOWED_HEADERS,
+        max_age=600,
+    )
+    cors = aiohttp_cors.setup(app, defaults=dict.fromkeys(origins, options))
+    for route in list(app.router.routes()):
+        cors.add(route)

@@ -1,0 +1,159 @@
+"""Request middleware, outermost first:
+
+* `observe`: request id in and out, one JSON access-log line and the HTTP metrics per request;
+* `problems`: any exception becomes an `application/problem+json` answer;
+* `limits`: the request's time budget (passed down to actors) and its body size.
+
+Security headers are added to every response, errors included, by `security_headers`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+
+from actors.errors import DeadlineExceeded
+from actors.runtime import deadline_scope
+from observability import metrics
+from observability.logging import request_id
+from server import problems
+from server.routing import endpoint_of
+
+access_log = logging.getLogger("backend.access")
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def observe(*, log_requests: bool = True) -> Middleware:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        incoming = request.headers.get("X-Request-ID", "")
+        rid = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        token = request_id.set(rid)
+        started = time.perf_counter()
+        status = 500
+        metrics.HTTP_IN_FLIGHT.inc()
+        try:
+            response = await handler(request)
+            status = response.status
+            response.headers["X-Request-ID"] = rid
+            return response
+        except web.HTTPException as exc:  # redirects and the like, passed through as they are
+            status = exc.status
+            exc.headers["X-Request-ID"] = rid
+            raise
+        except asyncio.CancelledError:
+            status = 499  # the client went away, or the server is shutting down
+            raise
+        finally:
+            elapsed = time.perf_counter() - started
+            metrics.HTTP_IN_FLIGHT.dec()
+            method = request.method if request.method in _METHODS else "OTHER"
+            route = route_template(request)
+            metrics.HTTP_REQUESTS.labels(method, route, str(status)).inc()
+            metrics.HTTP_DURATION.labels(method, route).observe(elapsed)
+            if log_requests:
+                access_log.info(
+                    "%s %s %d",
+                    method,
+                    request.path,
+                    status,
+                    extra={
+                        "method": method,
+                        "path": request.path,
+                        "route": route,
+                        "status": status,
+                        "duration_ms": round(elapsed * 1000, 3),
+                        "remote": request.remote,
+                    },
+                )
+            request_id.reset(token)
+
+    return middleware
+
+
+def problem_details(*, retry_after: int) -> Middleware:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            return problems.from_exception(
+                exc, request_id=request_id.get(), retry_after=retry_after
+            )
+        except Exception as exc:
+            return problems.from_exception(
+                exc, request_id=request_id.get(), retry_after=retry_after
+            )
+
+    return middleware
+
+
+def limits(*, timeout: float, max_body: int) -> Middleware:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        endpoint = endpoint_of(request)
+        if endpoint is not None and endpoint.long_lived:
+            return await handler(request)
+        length = request.content_length
+        if length is not None and length > max_body:
+            raise web.HTTPRequestEntityTooLarge(max_size=max_body, actual_size=length)
+        with deadline_scope(timeout):
+            try:
+                async with asyncio.timeout(timeout) as scope:
+                    return await handler(request)
+            except TimeoutError:
+                if scope.expired():
+                    raise DeadlineExceeded("request", f"no answer within {timeout:g}s") from None
+                raise
+
+    return middleware
+
+
+def route_template(request: web.Request) -> str:
+    """The matched route's template (`/api/v1/products/{product_id}`), never the raw path."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+def security_headers(
+    *, hsts_seconds: int
+) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
+    """Headers equivalent to Helmet's defaults; a handler may set its own first."""
+    headers = {
+        "Content-Security-Policy": (
+            "default-src 'self';base-uri 'self';font-src 'self' https: data:;"
+            "form-action 'self';frame-ancestors 'self';img-src 'self' data:;"
+            "object-src 'none';script-src 'self';script-src-attr 'none';"
+            "style-src 'self' https: 'unsafe-inline';upgrade-insecure-requests"
+        ),
+        "Cross-Origin-Opener-Policy": "same-origin",
+        "Cross-Origin-Resource-Policy": "same-origin",
+        "Origin-Agent-Cluster": "?1",
+        "Referrer-Policy": "no-referrer",
+        "X-Content-Type-Options": "nosniff",
+        "X-DNS-Prefetch-Control": "off",
+        "X-Download-Options": "noopen",
+        "X-Frame-Options": "SAMEORIGIN",
+        "X-Permitted-Cross-Domain-Policies": "none",
+        "X-XSS-Protection": "0",
+    }
+    if hsts_seconds:
+        headers["Strict-Transport-Security"] = f"max-age={hsts_seconds}; includeSubDomains"
+
+    async def add(request: web.Request, response: web.StreamResponse) -> None:
+        for name, value in headers.items():
+            response.headers.setdefault(name, value)
+        response.headers["Server"] = "backend"  # not the framework and its version
+
+    return add

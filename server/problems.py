@@ -1,0 +1,129 @@
+"""Errors as RFC 9457 `application/problem+json`: the one place where each named failure
+becomes an HTTP status. Clients get a status, a title, a detail and the request id; stack
+traces stay in the server's log."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import pydantic
+from aiohttp import web
+
+from actors import errors
+from storage.postgres import CONNECTION_ERRORS
+from storage.redis import REDIS_UNAVAILABLE
+
+log = logging.getLogger("backend.server")
+
+PROBLEM_JSON = "application/problem+json"
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    status: int
+    slug: str
+    title: str
+    retry: bool = False  # answer with Retry-After: the same request may succeed later
+
+
+# Each failure, most specific first where one derives from another.
+PROBLEMS: dict[type[BaseException], Problem] = {
+    errors.InvalidInput: Problem(422, "validation-failed", "Request validation failed"),
+    errors.Unauthenticated: Problem(401, "unauthenticated", "Authentication required"),
+    errors.PermissionDenied: Problem(403, "forbidden", "Forbidden"),
+    errors.NotFound: Problem(404, "not-found", "Not found"),
+    errors.Conflict: Problem(409, "conflict", "Conflict"),
+    errors.Overloaded: Problem(503, "overloaded", "Service overloaded", retry=True),
+    errors.ActorStopped: Problem(503, "unavailable", "Service unavailable", retry=True),
+    errors.DependencyUnavailable: Problem(
+        503, "dependency-unavailable", "A backing service is unavailable", retry=True
+    ),
+    errors.DeadlineExceeded: Problem(504, "deadline-exceeded", "Request took too long"),
+}
+_UNAVAILABLE = PROBLEMS[errors.DependencyUnavailable]
+_INTERNAL = Problem(500, "internal", "Internal server error")
+
+
+def problem_response(
+    problem: Problem,
+    detail: str,
+    *,
+    retry_after: int = 1,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> web.Response:
+    body = {
+        "type": f"/problems/{problem.slug}",
+        "title": problem.title,
+        "status": problem.status,
+        "detail": detail,
+        **extra,
+    }
+    response = web.Response(
+        body=orjson.dumps(body), status=problem.status, content_type=PROBLEM_JSON, headers=headers
+    )
+    if problem.retry:
+        response.headers["Retry-After"] = str(retry_after)
+    return response
+
+
+def from_exception(
+    error: BaseException, *, request_id: str | None, retry_after: int
+) -> web.Response:
+    """The problem response for any exception a handler raised."""
+    if isinstance(error, pydantic.ValidationError):
+        return _validation(error)
+    if isinstance(error, web.HTTPException):
+        return _http(error)
+    problem = _lookup(error)
+    if problem is not None:
+        extra: dict[str, Any] = {}
+        if isinstance(error, errors.InvalidInput):
+            extra["errors"] = [{"field": e.field, "message": e.message} for e in error.errors]
+        detail = (
+            error.detail if isinstance(error, errors.DomainError | errors.RuntimeFailure) else ""
+        )
+        return problem_response(problem, detail, retry_after=retry_after, **extra)
+    if isinstance(error, CONNECTION_ERRORS + REDIS_UNAVAILABLE):
+        log.warning("dependency unavailable: %r", error)
+        return problem_response(_UNAVAILABLE, "try again shortly", retry_after=retry_after)
+    log.error("unhandled error", exc_info=error)
+    return problem_response(
+        _INTERNAL,
+        "an unexpected error occurred; quote the request id when reporting it",
+        request_id=request_id,
+    )
+
+
+def _lookup(error: BaseException) -> Problem | None:
+    for klass in type(error).__mro__:
+        if klass in PROBLEMS:
+            return PROBLEMS[klass]
+    return None
+
+
+def _validation(error: pydantic.ValidationError) -> web.Response:
+    items = error.errors(include_url=False, include_input=False, include_context=False)
+    if any(item["type"] == "json_invalid" for item in items):
+        return problem_response(
+            Problem(400, "malformed-json", "Malformed JSON"), "the request body is not valid JSON"
+        )
+    fields = [{"field": _field(item["loc"]), "message": item["msg"]} for item in items]
+    return problem_response(
+        PROBLEMS[errors.InvalidInput], f"{len(fields)} invalid field(s)", errors=fields
+    )
+
+
+def _field(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "body"
+
+
+def _http(error: web.HTTPException) -> web.Response:
+    status = error.status
+    slug = error.reason.lower().replace(" ", "-")
+    headers = {k: v for k, v in error.headers.items() if k.lower() in {"allow", "retry-after"}}
+    detail = error.text if error.text and not error.text.startswith(f"{status}:") else error.reason
+    return problem_response(Problem(status, slug, error.reason), detail, headers=headers)
