@@ -21,11 +21,11 @@ import asyncio
 import contextvars
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar, get_type_hints
 
+from actors.deadlines import cancel_at, sweeper
 from actors.errors import ActorStopped, DeadlineExceeded, DomainError, Overloaded
 from observability import metrics
 
@@ -45,19 +45,23 @@ class Message(Generic[T]):
     __slots__ = ()
 
 
-@contextmanager
-def deadline_scope(seconds: float) -> Iterator[float]:
-    """Give the code inside (and every actor it asks) at most `seconds`, or less if the
-    enclosing scope has less left."""
-    deadline = time.monotonic() + seconds
-    outer = _deadline.get()
-    if outer is not None:
-        deadline = min(deadline, outer)
-    token = _deadline.set(deadline)
-    try:
-        yield deadline
-    finally:
-        _deadline.reset(token)
+class deadline_scope:
+    """`with deadline_scope(seconds):` gives the code inside (and every actor it asks) at most
+    `seconds`, or less if the enclosing scope has less left."""
+
+    __slots__ = ("_token", "deadline")
+
+    def __init__(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        outer = _deadline.get()
+        self.deadline = deadline if outer is None else min(deadline, outer)
+
+    def __enter__(self) -> float:
+        self._token = _deadline.set(self.deadline)
+        return self.deadline
+
+    def __exit__(self, *exc_info: object) -> None:
+        _deadline.reset(self._token)
 
 
 def remaining() -> float | None:
@@ -234,11 +238,19 @@ class ActorRef(Generic[A]):
         """Post and wait for the answer within the message's deadline."""
         reply: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         deadline = self._post(message, reply, timeout)
+        deadlines = sweeper()
+
+        def expire() -> None:
+            if not reply.done():
+                reply.set_exception(
+                    DeadlineExceeded(self.name, f"no answer to {type(message).__name__}")
+                )
+
+        deadlines.watch(reply, deadline, expire)
         try:
-            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-                return await reply
-        except TimeoutError:
-            raise DeadlineExceeded(self.name, f"no answer to {type(message).__name__}") from None
+            return await reply
+        finally:
+            deadlines.unwatch(reply)
 
     def _post(
         self, message: Any, reply: asyncio.Future[Any] | None, timeout: float | None
@@ -284,15 +296,15 @@ class ActorRef(Generic[A]):
     async def _handle(self, envelope: _Envelope) -> None:
         assert self._actor is not None
         started = time.monotonic()
-        scope = asyncio.timeout_at(_loop_time(envelope.deadline))
+        scope = cancel_at(envelope.deadline)
         try:
-            async with scope:
+            with scope:
                 result = await self._actor.receive(envelope.message)
         except DomainError as error:
             self._done(started)
             _answer(envelope, error=error)
         except TimeoutError as error:
-            if not scope.expired():
+            if not scope.expired:
                 self._crash(envelope, error, started)
                 return
             self._expire(envelope)
@@ -399,8 +411,3 @@ async def _quietly(coro: Awaitable[None], actor: str, hook: str) -> None:
 def _fresh() -> contextvars.Context:
     """A context with no request in it, for work the actor does on its own behalf."""
     return contextvars.Context()
-
-
-def _loop_time(monotonic_deadline: float) -> float:
-    loop = asyncio.get_running_loop()
-    return loop.time() + (monotonic_deadline - time.monotonic())

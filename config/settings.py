@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     """
 
     model_config = SettingsConfigDict(
-        env_file=os.environ.get("ENV_FILE", ".env"),
+        env_file=".env",
         env_file_encoding="utf-8",
         extra="ignore",
         case_sensitive=False,
@@ -152,9 +152,13 @@ def _required(value: SecretStr | None, variable: str) -> str:
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Read and validate the settings; raise `ConfigError` naming each bad variable."""
+    """Read and validate the settings; raise `ConfigError` naming each bad variable.
+
+    The environment wins over the env file, which is `.env` unless `ENV_FILE` names another.
+    """
+    env_file = os.environ.get("ENV_FILE", ".env")
     try:
-        return Settings(**overrides)
+        return Settings(_env_file=env_file, **overrides)
     except ValidationError as error:
         problems = []
         for item in error.errors(include_input=False, include_url=False):

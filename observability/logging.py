@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
 import sys
@@ -40,6 +41,47 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["error"] = self.formatException(record.exc_info)
         return orjson.dumps(entry, default=str).decode()
+
+
+class AccessLog:
+    """Access lines, one JSON object per request, in the same shape as every other log line.
+
+    They bypass the `logging` machinery (a record, a lock and a flush per request) and are
+    written to stderr in batches, flushed every `interval` seconds and on `flush()`.
+    """
+
+    def __init__(self, interval: float = 0.05, batch: int = 512) -> None:
+        self.interval = interval
+        self.batch = batch
+        self._lines: list[bytes] = []
+        self._timer: asyncio.TimerHandle | None = None
+
+    def write(self, message: str, **fields: Any) -> None:
+        entry = {
+            "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "level": "info",
+            "logger": "backend.access",
+            "message": message,
+            "request_id": request_id.get(),
+            **fields,
+        }
+        if (uid := user_id.get()) is not None:
+            entry["user_id"] = uid
+        self._lines.append(orjson.dumps(entry, default=str))
+        if len(self._lines) >= self.batch:
+            self.flush()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.interval, self.flush)
+
+    def flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._lines:
+            lines, self._lines = self._lines, []
+            sys.stderr.flush()
+            sys.stderr.buffer.write(b"\n".join(lines) + b"\n")
+            sys.stderr.buffer.flush()
 
 
 def configure_logging(level: str = "INFO") -> None:

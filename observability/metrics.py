@@ -8,6 +8,7 @@ Labels are bounded: route templates, actor names, replica names, never raw input
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -80,6 +81,20 @@ DB_REPLICA_LAG_BYTES = Gauge(
     ["replica"],
     multiprocess_mode="livemax",
 )
+
+
+_http_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+
+
+def http_request(method: str, route: str, status: str) -> tuple[Any, Any]:
+    """The request counter and duration histogram children for one label set, made once."""
+    children = _http_children.get((method, route, status))
+    if children is None:
+        children = _http_children[(method, route, status)] = (
+            HTTP_REQUESTS.labels(method, route, status),
+            HTTP_DURATION.labels(method, route),
+        )
+    return children
 
 
 class ActorMetrics:

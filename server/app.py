@@ -14,6 +14,7 @@ from aiohttp import web
 from actors import ActorSystem
 from actors.health import HEALTH, HealthMonitor
 from config import Settings
+from observability.logging import AccessLog
 from server import health
 from server.middleware import limits, observe, problem_details, security_headers
 from server.routing import install
@@ -25,9 +26,10 @@ ALLOWED_HEADERS = ("Authorization", "Content-Type", "X-Request-ID")
 
 
 async def create_app(settings: Settings) -> web.Application:
+    access_log = AccessLog() if settings.access_log else None
     app = web.Application(
         middlewares=[
-            observe(log_requests=settings.access_log),
+            observe(access_log),
             problem_details(retry_after=settings.retry_after_seconds),
             limits(timeout=settings.request_timeout, max_body=settings.max_body_bytes),
         ],
@@ -39,6 +41,8 @@ async def create_app(settings: Settings) -> web.Application:
         mailbox_size=settings.actor_mailbox_size, stop_timeout=settings.shutdown_timeout
     )
     app.cleanup_ctx.append(actors)
+    if access_log is not None:
+        app.on_cleanup.append(lambda app: _flush(access_log))
 
     install(app, health.routes)
     allow_cors(app, settings.cors_origins)
@@ -53,6 +57,10 @@ async def actors(app: web.Application) -> AsyncIterator[None]:
     async with app[ACTORS] as system:
         await system.spawn(HEALTH, lambda: HealthMonitor(settings, replicas), concurrency=4)
         yield
+
+
+async def _flush(access_log: AccessLog) -> None:
+    access_log.flush()
 
 
 def allow_cors(app: web.Application, origins: list[str]) -> None:

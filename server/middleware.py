@@ -10,33 +10,32 @@ Security headers are added to every response, errors included, by `security_head
 from __future__ import annotations
 
 import asyncio
-import logging
+import os
 import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
+from multidict import CIMultiDict
 
+from actors.deadlines import cancel_at
 from actors.errors import DeadlineExceeded
 from actors.runtime import deadline_scope
 from observability import metrics
-from observability.logging import request_id
+from observability.logging import AccessLog, request_id
 from server import problems
 from server.routing import endpoint_of
-
-access_log = logging.getLogger("backend.access")
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
-def observe(*, log_requests: bool = True) -> Middleware:
+def observe(access_log: AccessLog | None) -> Middleware:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         incoming = request.headers.get("X-Request-ID", "")
-        rid = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        rid = incoming if _REQUEST_ID.match(incoming) else os.urandom(16).hex()
         token = request_id.set(rid)
         started = time.perf_counter()
         status = 500
@@ -58,22 +57,18 @@ def observe(*, log_requests: bool = True) -> Middleware:
             metrics.HTTP_IN_FLIGHT.dec()
             method = request.method if request.method in _METHODS else "OTHER"
             route = route_template(request)
-            metrics.HTTP_REQUESTS.labels(method, route, str(status)).inc()
-            metrics.HTTP_DURATION.labels(method, route).observe(elapsed)
-            if log_requests:
-                access_log.info(
-                    "%s %s %d",
-                    method,
-                    request.path,
-                    status,
-                    extra={
-                        "method": method,
-                        "path": request.path,
-                        "route": route,
-                        "status": status,
-                        "duration_ms": round(elapsed * 1000, 3),
-                        "remote": request.remote,
-                    },
+            requests, durations = metrics.http_request(method, route, str(status))
+            requests.inc()
+            durations.observe(elapsed)
+            if access_log is not None:
+                access_log.write(
+                    f"{method} {request.path} {status}",
+                    method=method,
+                    path=request.path,
+                    route=route,
+                    status=status,
+                    duration_ms=round(elapsed * 1000, 3),
+                    remote=request.remote,
                 )
             request_id.reset(token)
 
@@ -108,12 +103,13 @@ def limits(*, timeout: float, max_body: int) -> Middleware:
         length = request.content_length
         if length is not None and length > max_body:
             raise web.HTTPRequestEntityTooLarge(max_size=max_body, actual_size=length)
-        with deadline_scope(timeout):
+        with deadline_scope(timeout) as deadline:
+            expiry = cancel_at(deadline)
             try:
-                async with asyncio.timeout(timeout) as scope:
+                with expiry:
                     return await handler(request)
             except TimeoutError:
-                if scope.expired():
+                if expiry.expired:
                     raise DeadlineExceeded("request", f"no answer within {timeout:g}s") from None
                 raise
 
@@ -151,9 +147,14 @@ def security_headers(
     if hsts_seconds:
         headers["Strict-Transport-Security"] = f"max-age={hsts_seconds}; includeSubDomains"
 
+    defaults = CIMultiDict(headers)
+
     async def add(request: web.Request, response: web.StreamResponse) -> None:
-        for name, value in headers.items():
-            response.headers.setdefault(name, value)
+        if "Content-Security-Policy" in response.headers:  # the handler chose some itself
+            for name, value in headers.items():
+                response.headers.setdefault(name, value)
+        else:
+            response.headers.extend(defaults)
         response.headers["Server"] = "backend"  # not the framework and its version
 
     return add

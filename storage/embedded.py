@@ -455,6 +455,8 @@ def _free_ports(count: int) -> list[int]:
 
 def _require_free(port: int, service: str) -> None:
     with socket.socket() as sock:
+        # As the servers themselves do, so connections in TIME_WAIT don't count as taken.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:

@@ -1,0 +1,1 @@
+"""Benchmarks, outside the test suite: `make bench` prints each figure beside its ceiling."""

@@ -1,0 +1,33 @@
+"""`make bench`: every row beside its ceiling, measured in the same run on the same machine.
+
+python -m bench [--seconds 5] [--connections 64,256] [--workers N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from bench import foundation
+from bench.run import Bench, bench_services, print_header, servers, summary
+
+SUITES = (foundation.rows,)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--connections", default="64,256")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args()
+    connections = tuple(int(c) for c in args.connections.split(","))
+    with bench_services("bench") as settings, servers(settings, args.workers) as (server, top):
+        print_header(args.workers, args.seconds)
+        bench = Bench(server, top, settings, args.seconds, connections)
+        rows = [row for suite in SUITES for row in suite(bench)]
+    return summary(rows)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

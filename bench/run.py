@@ -1,0 +1,113 @@
+"""Orchestration: services, the shipped server and the ceiling, then every suite's rows."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from bench.harness import HEADER, ROOT, Request, Row, process, run_wrk
+from config import Settings, load_settings
+from server.cli import embedded_needs, resolve
+from storage.embedded import EmbeddedServices
+
+
+@dataclass
+class Bench:
+    server: str
+    ceiling: str
+    settings: Settings
+    seconds: float
+    connections: tuple[int, ...]
+
+    def measure(
+        self,
+        name: str,
+        request: Request,
+        *,
+        ceiling: Request | None,
+        connections: int,
+        target: float | None = None,
+    ) -> Row:
+        load = run_wrk(self.server, request, connections=connections, seconds=self.seconds)
+        top = None
+        if ceiling is not None:
+            top = run_wrk(self.ceiling, ceiling, connections=connections, seconds=self.seconds)
+        row = Row(name, connections, load, top, target)
+        print(row.line(), flush=True)
+        return row
+
+
+@contextlib.contextmanager
+def bench_services(state: str) -> Iterator[Settings]:
+    """This run's settings: the configured services, or embedded ones of the bench's own."""
+    settings = load_settings(state_dir=ROOT / ".run" / state, access_log=True)
+    needed = embedded_needs(settings)
+    embedded = EmbeddedServices(settings.state_dir)
+    if needed:
+        embedded.start(needed)
+    try:
+        yield resolve(settings)
+    finally:
+        if needed:
+            embedded.stop(needed)
+
+
+def environment(settings: Settings, port: int, workers: int) -> dict[str, str]:
+    return {
+        **os.environ,
+        "PORT": str(port),
+        "WORKERS": str(workers),
+        "STATE_DIR": str(settings.state_dir),
+        "DATABASE_URL": settings.primary_dsn,
+        "DATABASE_REPLICA_URLS": ",".join(settings.replica_dsns),
+        "REDIS_URL": settings.redis_dsn,
+        "LOG_LEVEL": "WARNING",
+    }
+
+
+@contextlib.contextmanager
+def servers(settings: Settings, workers: int) -> Iterator[tuple[str, str]]:
+    """The shipped server (`backend serve`) and the ceiling, each on `workers` processes."""
+    from tests.processes import free_port  # the same helper the tests use
+
+    server_port, ceiling_port = free_port(), free_port()
+    env = environment(settings, server_port, workers)
+    logs = settings.state_dir
+    with (
+        process(
+            [sys.executable, "-m", "server.cli", "serve"],
+            env,
+            f"http://127.0.0.1:{server_port}/readyz",
+            logs / "server.log",
+        ),
+        process(
+            [
+                sys.executable,
+                "-m",
+                "bench.ceiling",
+                "--port",
+                str(ceiling_port),
+                "--workers",
+                str(workers),
+            ],
+            env,
+            f"http://127.0.0.1:{ceiling_port}/noop",
+            logs / "ceiling.log",
+        ),
+    ):
+        yield f"http://127.0.0.1:{server_port}", f"http://127.0.0.1:{ceiling_port}"
+
+
+def print_header(workers: int, seconds: float) -> None:
+    print(f"{workers} server processes each side; {seconds:g}s per measurement; wrk on loopback")
+    print(HEADER)
+    print("-" * len(HEADER))
+
+
+def summary(rows: list[Row]) -> int:
+    below = [row for row in rows if row.target and row.ratio is not None and row.ratio < row.target]
+    print(f"\n{len(rows)} rows, {len(below)} below target")
+    return 1 if below else 0
