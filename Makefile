@@ -15,6 +15,8 @@ test: $(STAMP)
 	$(BIN)/pytest
 
 bench: $(STAMP)
+	@command -v wrk >/dev/null || apt-get install -y -q wrk >/dev/null || \
+		{ echo "bench needs wrk: apt-get install wrk"; exit 1; }
 	$(BIN)/python -m bench
 
 lint: $(STAMP)
