@@ -38,7 +38,8 @@ async def wait_until_serving(url: str, process: asyncio.subprocess.Process, time
     async with asyncio.timeout(timeout), aiohttp.ClientSession() as session:
         while True:
             if process.returncode is not None:
-                raise RuntimeError(f"server exited with {process.returncode}")
+                output = await process.stdout.read() if process.stdout else b""
+                raise RuntimeError(f"exited with {process.returncode}: {output.decode()[-3000:]}")
             try:
                 async with session.get(url) as response:
                     if response.status == 200:
