@@ -15,8 +15,8 @@ from actors import ActorSystem
 from actors.health import HEALTH, HealthMonitor
 from config import Settings
 from observability.logging import AccessLog
-from server import health
 from server.middleware import limits, observe, problem_details, security_headers
+from server.routes import operations
 from server.routing import install
 from server.state import ACTORS, LIFECYCLE, SETTINGS, Lifecycle
 from storage.postgres import ReplicaSet
@@ -44,7 +44,7 @@ async def create_app(settings: Settings) -> web.Application:
     if access_log is not None:
         app.on_cleanup.append(lambda app: _flush(access_log))
 
-    install(app, health.routes)
+    install(app, operations.routes)
     allow_cors(app, settings.cors_origins)
     app.on_response_prepare.append(security_headers(hsts_seconds=settings.hsts_seconds))
     return app

@@ -1,4 +1,4 @@
-"""What the application holds, under typed keys: set in `server.app`, read by handlers."""
+"""What the application and each request hold, under typed keys."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from actors import ActorSystem
+from actors.identity import Principal
 from config import Settings
 
 
@@ -20,3 +21,6 @@ class Lifecycle:
 SETTINGS = web.AppKey("settings", Settings)
 ACTORS = web.AppKey("actors", ActorSystem)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
+
+# Set by authentication when the request carries a valid credential; absent for anonymous calls.
+PRINCIPAL = web.RequestKey("principal", Principal)
