@@ -88,6 +88,13 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     access_log: bool = True
 
+    # Observability (issue 7): metrics can be switched off only to measure what they cost;
+    # tracing is off unless an exporter is chosen, and then samples this share of new traces.
+    metrics_enabled: bool = True
+    tracing_exporter: Literal["none", "console", "otlp"] = "none"
+    tracing_sample_ratio: float = Field(1.0, ge=0, le=1)
+    service_name: str = Field("backend", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+
     @field_validator("database_replica_urls", "cors_origins", mode="before")
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:

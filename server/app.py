@@ -10,12 +10,15 @@ from collections.abc import AsyncIterator
 
 import aiohttp_cors
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from actors import ActorSystem
 from actors.health import HEALTH, HealthMonitor
 from config import Settings
+from observability import tracing
+from observability.exporter import sampled
 from observability.logging import AccessLog
-from server.middleware import limits, observe, problem_details, security_headers
+from server.middleware import limits, observe, problem_details, security_headers, traced
 from server.routes import operations
 from server.routing import install
 from server.state import ACTORS, LIFECYCLE, SETTINGS, Lifecycle
@@ -29,6 +32,7 @@ async def create_app(settings: Settings) -> web.Application:
     access_log = AccessLog() if settings.access_log else None
     app = web.Application(
         middlewares=[
+            *tracing_middleware(),
             observe(access_log),
             problem_details(retry_after=settings.retry_after_seconds),
             limits(timeout=settings.request_timeout, max_body=settings.max_body_bytes),
@@ -40,6 +44,7 @@ async def create_app(settings: Settings) -> web.Application:
     app[ACTORS] = ActorSystem(
         mailbox_size=settings.actor_mailbox_size, stop_timeout=settings.shutdown_timeout
     )
+    app.cleanup_ctx.append(sampled)
     app.cleanup_ctx.append(actors)
     if access_log is not None:
         app.on_cleanup.append(lambda app: _flush(access_log))
@@ -61,6 +66,11 @@ async def actors(app: web.Application) -> AsyncIterator[None]:
 
 async def _flush(access_log: AccessLog) -> None:
     access_log.flush()
+
+
+def tracing_middleware() -> list[Middleware]:
+    """The request span, when this process traces (`observability.instrumentation`)."""
+    return [] if tracing.tracer is None else [traced(tracing.tracer)]
 
 
 def allow_cors(app: web.Application, origins: list[str]) -> None:

@@ -1,5 +1,6 @@
 """Request middleware, outermost first:
 
+* `traced` (only when tracing is on): a server span per request, named by its route template;
 * `observe`: request id in and out, one JSON access-log line and the HTTP metrics per request;
 * `problems`: any exception becomes an `application/problem+json` answer;
 * `limits`: the request's time budget (passed down to actors) and its body size.
@@ -18,6 +19,8 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from multidict import CIMultiDict
+from opentelemetry import propagate
+from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 
 from actors.deadlines import cancel_at
 from actors.errors import DeadlineExceeded
@@ -31,7 +34,48 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
+def traced(tracer: Tracer) -> Middleware:
+    """A server span per request, continuing the caller's trace (`traceparent`) if any.
+
+    Outermost, so that the access-log line is written inside the span and carries its ids.
+    """
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        method = request.method if request.method in _METHODS else "OTHER"
+        route = route_template(request)
+        with tracer.start_as_current_span(
+            f"{method} {route}",
+            context=propagate.extract(request.headers),
+            kind=SpanKind.SERVER,
+            attributes={"http.request.method": method, "http.route": route},
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            status, headers = 500, None
+            try:
+                response = await handler(request)
+                status, headers = response.status, response.headers
+                return response
+            except web.HTTPException as exc:
+                status, headers = exc.status, exc.headers
+                raise
+            except asyncio.CancelledError:
+                status = 499
+                raise
+            finally:
+                span.set_attribute("http.response.status_code", status)
+                if headers is not None and "X-Request-ID" in headers:
+                    span.set_attribute("request.id", headers["X-Request-ID"])
+                if status >= 500:
+                    span.set_status(Status(StatusCode.ERROR))
+
+    return middleware
+
+
 def observe(access_log: AccessLog | None) -> Middleware:
+    in_flight = metrics.child(metrics.HTTP_IN_FLIGHT)
+
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         incoming = request.headers.get("X-Request-ID", "")
@@ -39,7 +83,7 @@ def observe(access_log: AccessLog | None) -> Middleware:
         token = request_id.set(rid)
         started = time.perf_counter()
         status = 500
-        metrics.HTTP_IN_FLIGHT.inc()
+        in_flight.inc()
         try:
             response = await handler(request)
             status = response.status
@@ -54,7 +98,7 @@ def observe(access_log: AccessLog | None) -> Middleware:
             raise
         finally:
             elapsed = time.perf_counter() - started
-            metrics.HTTP_IN_FLIGHT.dec()
+            in_flight.dec()
             method = request.method if request.method in _METHODS else "OTHER"
             route = route_template(request)
             requests, durations = metrics.http_request(method, route, str(status))

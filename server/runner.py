@@ -25,6 +25,7 @@ from aiohttp import web
 
 from config import Settings
 from observability import metrics
+from observability.instrumentation import instrumented
 from server.app import create_app
 from server.state import LIFECYCLE
 
@@ -35,7 +36,11 @@ AppFactory = Callable[[Settings], Awaitable[web.Application]]
 
 async def run_server(settings: Settings, app_factory: AppFactory = create_app) -> None:
     """Serve until SIGTERM/SIGINT, then shut down gracefully."""
-    app = await app_factory(settings)
+    with instrumented(settings):
+        await _serve(settings, await app_factory(settings))
+
+
+async def _serve(settings: Settings, app: web.Application) -> None:
     runner = web.AppRunner(
         app, handle_signals=False, access_log=None, shutdown_timeout=settings.shutdown_timeout
     )
