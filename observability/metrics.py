@@ -207,6 +207,7 @@ def configure(*, enabled: bool) -> None:
     global _enabled
     _enabled = enabled
     _http_children.clear()
+    _ratelimit_children.clear()
 
 
 def enabled() -> bool:
@@ -232,6 +233,29 @@ def http_request(method: str, route: str, status: str) -> tuple[Any, Any]:
             child(HTTP_DURATION, method, route),
         )
     return children
+
+
+# -- rate limiter ---------------------------------------------------------------------------
+
+RATELIMIT_DECISIONS = Counter(
+    "ratelimit_decisions_total",
+    "Rate-limit decisions by policy: allowed, limited (429), shadow (would have been limited), "
+    "fail_open / fail_closed (Redis unreachable).",
+    ["policy", "decision"],
+)
+RATELIMIT_REDIS_ERRORS = Counter(
+    "ratelimit_redis_errors_total", "Rate-limit checks that could not reach Redis."
+)
+_ratelimit_children: dict[tuple[str, str], Any] = {}
+
+
+def ratelimit(policy: str, decision: str) -> None:
+    counter = _ratelimit_children.get((policy, decision))
+    if counter is None:
+        counter = _ratelimit_children[(policy, decision)] = child(
+            RATELIMIT_DECISIONS, policy, decision
+        )
+    counter.inc()
 
 
 class ActorMetrics:
