@@ -413,10 +413,12 @@ def exposition() -> tuple[bytes, str]:
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 
 
-def mark_process_dead(pid: int) -> None:
-    """Drop a finished process's live gauges from the sums."""
-    if multiprocess_dir():
-        multiprocess.mark_process_dead(pid)
+def mark_process_dead(pid: int, directory: str | None = None) -> None:
+    """Drop a finished process's live gauges from the sums of `directory` (default: this
+    process's own `PROMETHEUS_MULTIPROC_DIR`; a supervisor names its children's)."""
+    directory = directory or multiprocess_dir()
+    if directory:
+        multiprocess.mark_process_dead(pid, directory)
 
 
 def _at_exit() -> None:

@@ -1,0 +1,136 @@
+"""Fixtures for the observability tests: the API as several real processes, a process that
+only serves metrics, promtool, and scrapes read back as numbers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import signal
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+from prometheus_client.mmap_dict import MmapedDict
+from prometheus_client.parser import text_string_to_metric_families
+
+from config import Settings
+from tests.processes import ROOT, free_port, service_env, wait_until_serving
+
+Samples = list[tuple[str, dict[str, str], float]]
+
+
+@dataclass
+class Group:
+    """`backend serve --workers N` running on `base`, its metrics in `metrics_dir`."""
+
+    base: str
+    port: int
+    process: asyncio.subprocess.Process
+    metrics_dir: Path
+
+    def children(self) -> list[int]:
+        """The pids of the API processes the supervisor runs now."""
+        text = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text()
+        return [int(pid) for pid in text.split()]
+
+
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    found = shutil.which("promtool")
+    if found is None:
+        pytest.fail("promtool not found: `make test` installs it (Debian package `prometheus`)")
+    return found
+
+
+async def stop(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), 30)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+
+@pytest.fixture(scope="package")
+async def api_group(
+    settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Group]:
+    """The API as it ships: a supervisor and two processes sharing one port."""
+    state = tmp_path_factory.mktemp("api-group")
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "server.cli",
+        "serve",
+        "--workers",
+        "2",
+        "--port",
+        str(port),
+        cwd=ROOT,
+        env=service_env(settings, STATE_DIR=str(state), DRAIN_SECONDS="0"),
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        await wait_until_serving(f"{base}/readyz", process)
+        yield Group(base, port, process, state / "metrics")
+    finally:
+        await stop(process)
+
+
+@pytest.fixture(scope="package")
+async def metrics_process(settings: Settings) -> AsyncIterator[str]:
+    """A process with no API that exposes its metrics with `serve_metrics`, as the Taskiq
+    workers and the scheduler do: its `host:port`."""
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.observability.metrics_process",
+        str(port),
+        cwd=ROOT,
+        env=service_env(settings),
+    )
+    try:
+        await wait_until_serving(f"http://127.0.0.1:{port}/metrics", process)
+        yield f"127.0.0.1:{port}"
+    finally:
+        await stop(process)
+
+
+async def scrape(url: str) -> Samples:
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/plain")
+        text = await response.text()
+    return [
+        (sample.name, sample.labels, sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    ]
+
+
+def total(samples: Samples, name: str, **labels: str) -> float:
+    """The sum of the `name` samples whose labels include `labels`."""
+    return sum(
+        value
+        for sample, found, value in samples
+        if sample == name and all(found.get(k) == v for k, v in labels.items())
+    )
+
+
+def counts_by_process(metrics_dir: Path, name: str, **labels: str) -> dict[int, float]:
+    """`name`'s value in each process's own file of the multiprocess directory."""
+    counts: dict[int, float] = {}
+    for path in metrics_dir.glob("counter_*.db"):
+        pid = int(path.stem.split("_")[-1])
+        for key, value, _, _ in MmapedDict.read_all_values_from_file(str(path)):
+            _, sample, found, _ = json.loads(key)
+            if sample == name and all(found.get(k) == v for k, v in labels.items()):
+                counts[pid] = counts.get(pid, 0) + value
+    return counts
