@@ -66,7 +66,8 @@ class AccessLog:
         self._lines: list[bytes] = []
         self._timer: asyncio.TimerHandle | None = None
 
-    def write(self, message: str, **fields: Any) -> None:
+    def write(self, message: str, *, user: str | None = None, **fields: Any) -> None:
+        """Queue one line; `user` is the caller's id when the request authenticated one."""
         entry = {
             "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
             "level": "info",
@@ -75,7 +76,7 @@ class AccessLog:
             "request_id": request_id.get(),
             **fields,
         }
-        if (uid := user_id.get()) is not None:
+        if (uid := user_id.get() or user) is not None:
             entry["user_id"] = uid
         if tracing.tracer is not None and (ids := tracing.log_fields()) is not None:
             entry.update(ids)

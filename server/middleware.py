@@ -29,6 +29,7 @@ from observability import metrics
 from observability.logging import AccessLog, request_id
 from server import problems
 from server.routing import endpoint_of
+from server.state import PRINCIPAL
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -105,6 +106,7 @@ def observe(access_log: AccessLog | None) -> Middleware:
             requests.inc()
             durations.observe(elapsed)
             if access_log is not None:
+                principal = request.get(PRINCIPAL)
                 access_log.write(
                     f"{method} {request.path} {status}",
                     method=method,
@@ -113,6 +115,7 @@ def observe(access_log: AccessLog | None) -> Middleware:
                     status=status,
                     duration_ms=round(elapsed * 1000, 3),
                     remote=request.remote,
+                    user=None if principal is None else principal.user_id,
                 )
             request_id.reset(token)
 

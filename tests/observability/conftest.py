@@ -1,5 +1,5 @@
 """Fixtures for the observability tests: the API as several real processes, a process that
-only serves metrics, promtool, and scrapes read back as numbers."""
+only serves metrics, in-memory tracing, promtool, and scrapes read back as numbers."""
 
 from __future__ import annotations
 
@@ -8,16 +8,18 @@ import json
 import shutil
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.parser import text_string_to_metric_families
 
 from config import Settings
+from observability import tracing
 from tests.processes import ROOT, free_port, service_env, wait_until_serving
 
 Samples = list[tuple[str, dict[str, str], float]]
@@ -36,6 +38,15 @@ class Group:
         """The pids of the API processes the supervisor runs now."""
         text = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text()
         return [int(pid) for pid in text.split()]
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    """Tracing on in this process, every span kept in memory, for the test's duration."""
+    exporter = InMemorySpanExporter()
+    tracing.configure(exporter, service_name="backend-test")
+    yield exporter
+    tracing.shutdown()
 
 
 @pytest.fixture(scope="session")
