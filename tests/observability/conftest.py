@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import signal
 import sys
 from collections.abc import AsyncIterator, Iterator
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from config import Settings
 from observability import tracing
+from tests.conftest import eventually
 from tests.processes import ROOT, free_port, service_env, wait_until_serving
 
 Samples = list[tuple[str, dict[str, str], float]]
@@ -39,6 +42,34 @@ class Group:
         text = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text()
         return [int(pid) for pid in text.split()]
 
+    def all_listening(self, count: int) -> bool:
+        """Whether `count` children each hold a socket listening on the port."""
+        listening = _listening_sockets(self.port)
+        children = self.children()
+        return len(children) == count and all(
+            not listening.isdisjoint(_sockets(pid)) for pid in children
+        )
+
+
+def _listening_sockets(port: int) -> set[str]:
+    """Inodes of the loopback TCP sockets listening on `port` (state 0A in /proc/net/tcp)."""
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "0A" and int(fields[1].split(":")[1], 16) == port:
+            inodes.add(fields[9])
+    return inodes
+
+
+def _sockets(pid: int) -> set[str]:
+    found = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                found.add(target[8:-1])
+    return found
+
 
 @pytest.fixture
 def spans() -> Iterator[InMemorySpanExporter]:
@@ -49,12 +80,21 @@ def spans() -> Iterator[InMemorySpanExporter]:
     tracing.shutdown()
 
 
+def _installed(program: str) -> str:
+    found = shutil.which(program)
+    if found is None:
+        pytest.fail(f"{program} not found: `make test` installs it (Debian package `prometheus`)")
+    return found
+
+
 @pytest.fixture(scope="session")
 def promtool() -> str:
-    found = shutil.which("promtool")
-    if found is None:
-        pytest.fail("promtool not found: `make test` installs it (Debian package `prometheus`)")
-    return found
+    return _installed("promtool")
+
+
+@pytest.fixture(scope="session")
+def prometheus() -> str:
+    return _installed("prometheus")
 
 
 async def stop(process: asyncio.subprocess.Process) -> None:
@@ -87,9 +127,11 @@ async def api_group(
         env=service_env(settings, STATE_DIR=str(state), DRAIN_SECONDS="0"),
     )
     base = f"http://127.0.0.1:{port}"
+    group = Group(base, port, process, state / "metrics")
     try:
         await wait_until_serving(f"{base}/readyz", process)
-        yield Group(base, port, process, state / "metrics")
+        await eventually(lambda: _now(group.all_listening(2)), timeout=30)
+        yield group
     finally:
         await stop(process)
 
@@ -107,11 +149,24 @@ async def metrics_process(settings: Settings) -> AsyncIterator[str]:
         cwd=ROOT,
         env=service_env(settings),
     )
+
+    async def serving() -> bool:
+        assert process.returncode is None, "the metrics process exited"
+        try:
+            await scrape(f"http://127.0.0.1:{port}/metrics")
+        except aiohttp.ClientConnectionError:
+            return False
+        return True
+
     try:
-        await wait_until_serving(f"http://127.0.0.1:{port}/metrics", process)
+        await eventually(serving, timeout=30)
         yield f"127.0.0.1:{port}"
     finally:
         await stop(process)
+
+
+async def _now(value: bool) -> bool:
+    return value
 
 
 async def scrape(url: str) -> Samples:
