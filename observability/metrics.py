@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import os
+from bisect import bisect_left
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from typing import Any, Protocol
@@ -177,7 +178,79 @@ DB_POOL_WAIT = Histogram(
 )
 
 
-# -- switching off, and children bound once --------------------------------------------------
+# -- children bound once, written in batches, or switched off ---------------------------------
+# A prometheus-client update is a locked write to a memory-mapped file in multiprocess mode
+# (about 1 us, two for a histogram), and a request makes several. The children `child` hands
+# out collect updates in plain Python instead, and `flush` (every `FLUSH_INTERVAL`, at each
+# scrape, at exit) writes the totals: a scrape sees other processes' last second later, and a
+# process killed with SIGKILL loses its last second of counts.
+
+FLUSH_INTERVAL = 1.0
+
+
+class _BatchedCounter:
+    __slots__ = ("_child", "_pending")
+
+    def __init__(self, child: Any) -> None:
+        self._child = child
+        self._pending = 0.0
+
+    def inc(self, amount: float = 1) -> None:
+        self._pending += amount
+
+    def flush(self) -> None:
+        if self._pending:
+            pending, self._pending = self._pending, 0.0
+            self._child.inc(pending)
+
+
+class _BatchedGauge:
+    __slots__ = ("_child", "_published", "_value")
+
+    def __init__(self, child: Any) -> None:
+        self._child = child
+        self._value = 0.0
+        self._published: float | None = None
+
+    def inc(self, amount: float = 1) -> None:
+        self._value += amount
+
+    def dec(self, amount: float = 1) -> None:
+        self._value -= amount
+
+    def set(self, value: float) -> None:
+        self._value = value
+
+    def flush(self) -> None:
+        if self._value != self._published:
+            self._published = self._value
+            self._child.set(self._value)
+
+
+class _BatchedHistogram:
+    __slots__ = ("_bounds", "_child", "_counts", "_sum")
+
+    def __init__(self, child: Any) -> None:
+        self._child = child
+        self._bounds = list(child._upper_bounds)  # ends with +Inf
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0
+
+    def observe(self, amount: float) -> None:
+        self._sum += amount
+        self._counts[bisect_left(self._bounds, amount)] += 1
+
+    def flush(self) -> None:
+        if not any(self._counts):
+            return
+        counts, self._counts = self._counts, [0] * len(self._bounds)
+        total, self._sum = self._sum, 0.0
+        # What `Histogram.observe` does per observation (one bucket each, plus the sum), once
+        # per batch: prometheus-client has no public call for adding many observations.
+        self._child._sum.inc(total)
+        for bucket, count in zip(self._child._buckets, counts, strict=True):
+            if count:
+                bucket.inc(count)
 
 
 class _Null:
@@ -200,11 +273,13 @@ class _Null:
 
 NULL: Any = _Null()
 _enabled = True
+_batched: dict[tuple[int, tuple[str, ...]], Any] = {}
 
 
 def configure(*, enabled: bool) -> None:
     """Record metrics in this process, or not. Call before the app and its actors are built."""
     global _enabled
+    flush()
     _enabled = enabled
     _http_children.clear()
     _ratelimit_children.clear()
@@ -215,10 +290,23 @@ def enabled() -> bool:
 
 
 def child(metric: Any, *labels: str) -> Any:
-    """`metric.labels(*labels)` (or the metric itself when unlabelled), or `NULL` when off."""
+    """The child of `metric` for `labels` (the metric itself when unlabelled), batched; `NULL`
+    when metrics are off. Bind it once, outside the hot path."""
     if not _enabled:
         return NULL
-    return metric.labels(*labels) if labels else metric
+    key = (id(metric), labels)
+    found = _batched.get(key)
+    if found is None:
+        target = metric.labels(*labels) if labels else metric
+        kind = {Counter: _BatchedCounter, Gauge: _BatchedGauge, Histogram: _BatchedHistogram}
+        found = _batched[key] = kind[type(metric)](target)
+    return found
+
+
+def flush() -> None:
+    """Write this process's batched updates to prometheus-client."""
+    for batched in _batched.values():
+        batched.flush()
 
 
 _http_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
@@ -382,13 +470,18 @@ def sample() -> None:
 
 
 @asynccontextmanager
-async def sampling(interval: float = SAMPLE_INTERVAL) -> AsyncIterator[None]:
-    """Keep this process's sampled gauges current while the block runs."""
+async def sampling() -> AsyncIterator[None]:
+    """While the block runs, write batched updates every `FLUSH_INTERVAL` and sample this
+    process's gauges every `SAMPLE_INTERVAL`; flush once more at the end."""
 
     async def loop() -> None:
+        ticks = 0
         while True:
-            sample()
-            await asyncio.sleep(interval)
+            if ticks % round(SAMPLE_INTERVAL / FLUSH_INTERVAL) == 0:
+                sample()
+            flush()
+            ticks += 1
+            await asyncio.sleep(FLUSH_INTERVAL)
 
     task = asyncio.create_task(loop(), name="metrics:sampling")
     try:
@@ -397,6 +490,7 @@ async def sampling(interval: float = SAMPLE_INTERVAL) -> AsyncIterator[None]:
         task.cancel()
         with suppress(asyncio.CancelledError):
             await task
+        flush()
 
 
 def multiprocess_dir() -> str | None:
@@ -406,6 +500,7 @@ def multiprocess_dir() -> str | None:
 def exposition() -> tuple[bytes, str]:
     """The text a scrape gets: this process's metrics, or the sum over every process."""
     sample()
+    flush()
     if multiprocess_dir():
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
@@ -422,8 +517,9 @@ def mark_process_dead(pid: int, directory: str | None = None) -> None:
 
 
 def _at_exit() -> None:
-    """A process leaving cleanly takes its live gauges out of the sums itself (a supervisor
-    does it for one that dies), after counting its last CPU seconds."""
+    """A process leaving cleanly writes its last counts and takes its live gauges out of the
+    sums itself (a supervisor does it for one that dies)."""
+    flush()
     if multiprocess_dir():
         sample_process()
         mark_process_dead(os.getpid())

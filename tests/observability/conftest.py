@@ -36,6 +36,23 @@ class Group:
     port: int
     process: asyncio.subprocess.Process
     metrics_dir: Path
+    livez_served: int = 0  # GET /livez answered, as counted by the tests that sent them
+
+    async def hit_livez(self, count: int) -> None:
+        """`count` GET /livez, each on a new connection, so the kernel spreads them over the
+        processes."""
+        connector = aiohttp.TCPConnector(force_close=True, limit=32)
+        async with aiohttp.ClientSession(connector=connector) as session:
+
+            async def one() -> None:
+                async with session.get(f"{self.base}/livez") as response:
+                    assert response.status == 200
+                    self.livez_served += 1
+
+            await asyncio.gather(*(one() for _ in range(count)))
+
+    async def scraped_livez(self) -> float:
+        return total(await scrape(f"{self.base}/metrics"), "http_requests_total", route="/livez")
 
     def children(self) -> list[int]:
         """The pids of the API processes the supervisor runs now."""

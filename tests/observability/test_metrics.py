@@ -25,32 +25,23 @@ from tests.processes import free_port
 REQUESTS = 120
 
 
-async def hit(base: str, path: str, count: int) -> None:
-    """`count` GETs, each on a new connection so the kernel spreads them over the processes."""
-    connector = aiohttp.TCPConnector(force_close=True, limit=32)
-    async with aiohttp.ClientSession(connector=connector) as session:
-
-        async def one() -> None:
-            async with session.get(base + path) as response:
-                assert response.status == 200
-
-        await asyncio.gather(*(one() for _ in range(count)))
-
-
 async def test_one_scrape_reports_the_sum_over_every_process(api_group: Group) -> None:
-    before = total(await scrape(f"{api_group.base}/metrics"), "http_requests_total", route="/livez")
+    await api_group.hit_livez(REQUESTS)
 
-    await hit(api_group.base, "/livez", REQUESTS)
+    # Each process writes its counts within a second (metrics.FLUSH_INTERVAL).
+    async def all_counted() -> bool:
+        return await api_group.scraped_livez() == api_group.livez_served
 
+    await eventually(all_counted)
     per_process = counts_by_process(api_group.metrics_dir, "http_requests_total", route="/livez")
     assert len([pid for pid, count in per_process.items() if count > 0]) == 2, per_process
-    assert sum(per_process.values()) == before + REQUESTS
+    assert sum(per_process.values()) == api_group.livez_served
     samples = await scrape(f"{api_group.base}/metrics")
     assert total(samples, "http_requests_total", route="/livez", status="200") == (
-        before + REQUESTS
+        api_group.livez_served
     )
     assert total(samples, "http_request_duration_seconds_count", route="/livez") == (
-        before + REQUESTS
+        api_group.livez_served
     )
 
 
@@ -72,10 +63,13 @@ async def test_process_figures_cover_every_process(api_group: Group) -> None:
 
 
 async def test_a_dead_process_leaves_the_live_sums_and_keeps_its_counts(api_group: Group) -> None:
-    await hit(api_group.base, "/livez", 10)
-    samples = await scrape(f"{api_group.base}/metrics")
-    counted = total(samples, "http_requests_total", route="/livez")
-    started = total(samples, "process_start_time_seconds")
+    await api_group.hit_livez(10)
+
+    async def all_counted() -> bool:
+        return await api_group.scraped_livez() == api_group.livez_served
+
+    await eventually(all_counted)
+    started = total(await scrape(f"{api_group.base}/metrics"), "process_start_time_seconds")
     victim = api_group.children()[0]
 
     os.kill(victim, signal.SIGKILL)
@@ -87,16 +81,13 @@ async def test_a_dead_process_leaves_the_live_sums_and_keeps_its_counts(api_grou
     assert not list(api_group.metrics_dir.glob(f"gauge_live*_{victim}.db"))
 
     async def both_report() -> bool:
-        try:
-            samples = await scrape(f"{api_group.base}/metrics")
-        except aiohttp.ClientConnectionError:
-            return False
+        samples = await scrape(f"{api_group.base}/metrics")
         return total(samples, "backend_processes") == 2
 
     await eventually(both_report, timeout=20)
     samples = await scrape(f"{api_group.base}/metrics")
     # The killed process's requests still count: counters are totals over every process.
-    assert total(samples, "http_requests_total", route="/livez") == counted
+    assert total(samples, "http_requests_total", route="/livez") == api_group.livez_served
     assert total(samples, "process_start_time_seconds") > started  # the newest start
 
 

@@ -13,9 +13,8 @@ import pytest
 import yaml
 
 from tests.conftest import eventually
-from tests.observability.conftest import Group, scrape, stop, total
+from tests.observability.conftest import Group, stop
 from tests.observability.promql import rule_files
-from tests.observability.test_metrics import hit
 from tests.processes import free_port
 
 
@@ -72,8 +71,7 @@ async def value(base: str, promql: str) -> float | None:
 async def test_prometheus_scrapes_the_api_and_a_worker(
     prometheus_url: str, api_group: Group
 ) -> None:
-    await hit(api_group.base, "/livez", 25)
-    served = total(await scrape(f"{api_group.base}/metrics"), "http_requests_total", route="/livez")
+    await api_group.hit_livez(25)
 
     async def both_targets_up() -> bool:
         found = await query(prometheus_url, "up == 1")
@@ -84,7 +82,7 @@ async def test_prometheus_scrapes_the_api_and_a_worker(
 
     await eventually(both_targets_up, timeout=30)
     livez = 'sum(http_requests_total{job="backend-api", route="/livez"})'
-    await eventually(lambda: counted(livez, served), timeout=15)
+    await eventually(lambda: counted(livez, api_group.livez_served), timeout=15)
     assert await value(prometheus_url, 'sum(backend_processes{job="backend-api"})') == 2
     assert await value(prometheus_url, 'backend_processes{job="backend-worker"}') == 1
     memory = await value(prometheus_url, 'process_resident_memory_bytes{job="backend-worker"}')
