@@ -291,7 +291,7 @@ class ActorRef(Generic[A]):
                 self._end()
 
     async def _handle(self, envelope: _Envelope) -> None:
-        if tracing.tracer is None:
+        if not tracing.recording():  # tracing off, or the sender's trace is not recorded
             await self._receive(envelope)
             return
         name = type(envelope.message).__name__

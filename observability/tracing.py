@@ -3,8 +3,11 @@
 Off by default (`TRACING_EXPORTER=none`): then `tracer` is None, no middleware is installed and
 no client is wrapped, so the request path pays one `is None` test per actor message. On, spans
 go to OTLP/HTTP (`OTEL_EXPORTER_OTLP_ENDPOINT`, default `http://localhost:4318`) or to stdout,
-in batches from a background thread; `TRACING_SAMPLE_RATIO` of new traces are kept, and a
-caller's sampling decision (`traceparent`) is respected.
+in batches from a background thread.
+
+Sampling is decided once per trace, where it starts, before any OpenTelemetry object is made:
+`TRACING_SAMPLE_RATIO` of new traces are recorded, a caller's decision (`traceparent`) is
+followed, and everything below an unrecorded root (actor messages, SQL, Redis) costs one check.
 
 What makes spans where:
 
@@ -13,10 +16,12 @@ What makes spans where:
 * SQL: `storage.postgres`, a client span per statement (asyncpg's query logger);
 * Redis: `storage.redis.TracedRedis`, a client span per command or pipeline;
 * jobs: the enqueuing side puts `inject()` into the job's labels; the worker continues the
-  trace with `span(name, context=extract(labels), kind=SpanKind.CONSUMER)`.
+  trace with `span(name, context=extract(labels), kind=SpanKind.CONSUMER, root=True)`.
 
-SQL and Redis spans are only made inside a sampled trace: statements a background loop runs on
-its own (the replica health poll) are not traced.
+Only HTTP requests and jobs start traces (`span(..., root=True)`); every other span is made
+inside a recorded trace only, so work a background loop does on its own (the replica health
+poll) is not traced. A job enqueued by an unrecorded request starts its own trace, at the
+ratio, in the worker.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from contextlib import AbstractContextManager, nullcontext
+from random import random
 from typing import Any, Literal
 
 from opentelemetry import propagate, trace
@@ -36,7 +42,7 @@ from opentelemetry.sdk.trace.export import (
     SimpleSpanProcessor,
     SpanExporter,
 )
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Status, StatusCode, Tracer
 
 log = logging.getLogger("backend.tracing")
@@ -47,7 +53,8 @@ Exporter = Literal["none", "console", "otlp"]
 # `tracing.tracer` (never `from ... import tracer`), so `configure` can change it.
 tracer: Tracer | None = None
 _provider: TracerProvider | None = None
-_NO_SPAN: AbstractContextManager[Span] = nullcontext(INVALID_SPAN)
+_ratio = 1.0
+NO_SPAN: AbstractContextManager[Span] = nullcontext(INVALID_SPAN)
 
 
 def configure(
@@ -61,13 +68,15 @@ def configure(
     `exporter` is a name from the configuration, or a `SpanExporter` instance, which then gets
     every span synchronously (tests pass an in-memory exporter).
     """
-    global tracer, _provider
+    global tracer, _provider, _ratio
     shutdown()
     if exporter == "none":
         return
+    _ratio = sample_ratio
     provider = TracerProvider(
         resource=Resource.create({"service.name": service_name}),
-        sampler=ParentBased(TraceIdRatioBased(sample_ratio)),
+        # `span` has decided already: what reaches the SDK is to be recorded.
+        sampler=ParentBased(ALWAYS_ON),
     )
     if isinstance(exporter, SpanExporter):
         provider.add_span_processor(SimpleSpanProcessor(exporter))
@@ -100,11 +109,20 @@ def span(
     kind: SpanKind = SpanKind.INTERNAL,
     context: Context | None = None,
     attributes: Mapping[str, Any] | None = None,
+    root: bool = False,
 ) -> AbstractContextManager[Span]:
-    """`with span(name) as s:` a span, current inside the block (a do-nothing one when
-    tracing is off). Exceptions do not mark it failed by themselves: call `failed`."""
+    """`with span(name) as s:` a span, current inside the block, child of the current span (or
+    of the one in `context`). It is recorded inside a recorded trace; with no trace to join, a
+    `root` span starts one for `TRACING_SAMPLE_RATIO` of calls. Otherwise (and when tracing is
+    off) it is `NO_SPAN`, which does nothing. Exceptions do not mark it failed: call `failed`."""
     if tracer is None:
-        return _NO_SPAN
+        return NO_SPAN
+    parent = trace.get_current_span(context).get_span_context()
+    if parent.is_valid:
+        if not parent.trace_flags.sampled:
+            return NO_SPAN
+    elif not root or random() >= _ratio:
+        return NO_SPAN
     return tracer.start_as_current_span(
         name,
         context=context,
@@ -135,7 +153,7 @@ def inject(labels: Mapping[str, str] | None = None) -> dict[str, str]:
 
 def extract(labels: Mapping[str, Any]) -> Context:
     """The trace context carried in a job's labels (empty when there is none): pass it as
-    `span(..., context=extract(labels), kind=SpanKind.CONSUMER)` in the worker."""
+    `span(..., context=extract(labels), kind=SpanKind.CONSUMER, root=True)` in the worker."""
     return propagate.extract(labels)
 
 

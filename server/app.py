@@ -83,7 +83,7 @@ async def _flush(access_log: AccessLog) -> None:
 
 def tracing_middleware() -> list[Middleware]:
     """The request span, when this process traces (`observability.instrumentation`)."""
-    return [] if tracing.tracer is None else [traced(tracing.tracer)]
+    return [] if tracing.tracer is None else [traced()]
 
 
 def allow_cors(app: web.Application, origins: list[str]) -> None:

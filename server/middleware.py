@@ -20,12 +20,12 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from multidict import CIMultiDict
 from opentelemetry import propagate
-from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from actors.deadlines import cancel_at
 from actors.errors import DeadlineExceeded
 from actors.runtime import deadline_scope
-from observability import metrics
+from observability import metrics, tracing
 from observability.logging import AccessLog, request_id
 from server import problems
 from server.routing import endpoint_of
@@ -35,39 +35,44 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
-def traced(tracer: Tracer) -> Middleware:
-    """A server span per request, continuing the caller's trace (`traceparent`) if any.
+def traced() -> Middleware:
+    """A server span per request, continuing the caller's trace (`traceparent`) if any, or
+    starting one for the sampled share of requests; the others pass straight through.
 
     Outermost, so that the access-log line is written inside the span and carries its ids.
     """
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        headers = request.headers
+        caller = propagate.extract(headers) if "traceparent" in headers else None
         method = request.method if request.method in _METHODS else "OTHER"
         route = route_template(request)
-        with tracer.start_as_current_span(
+        scope = tracing.span(
             f"{method} {route}",
-            context=propagate.extract(request.headers),
             kind=SpanKind.SERVER,
+            context=caller,
             attributes={"http.request.method": method, "http.route": route},
-            record_exception=False,
-            set_status_on_exception=False,
-        ) as span:
-            status, headers = 500, None
+            root=True,
+        )
+        if scope is tracing.NO_SPAN:
+            return await handler(request)
+        with scope as span:
+            status, answered = 500, None
             try:
                 response = await handler(request)
-                status, headers = response.status, response.headers
+                status, answered = response.status, response.headers
                 return response
             except web.HTTPException as exc:
-                status, headers = exc.status, exc.headers
+                status, answered = exc.status, exc.headers
                 raise
             except asyncio.CancelledError:
                 status = 499
                 raise
             finally:
                 span.set_attribute("http.response.status_code", status)
-                if headers is not None and "X-Request-ID" in headers:
-                    span.set_attribute("request.id", headers["X-Request-ID"])
+                if answered is not None and "X-Request-ID" in answered:
+                    span.set_attribute("request.id", answered["X-Request-ID"])
                 if status >= 500:
                     span.set_status(Status(StatusCode.ERROR))
 

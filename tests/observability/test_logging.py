@@ -98,7 +98,7 @@ def test_ordinary_text_is_left_alone() -> None:
 
 
 def test_lines_inside_a_span_carry_its_ids(spans: InMemorySpanExporter) -> None:
-    with tracing.span("work") as span:
+    with tracing.span("work", root=True) as span:
         entry = record("inside")
     context = span.get_span_context()
     assert entry["trace_id"] == format(context.trace_id, "032x")

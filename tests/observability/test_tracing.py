@@ -110,8 +110,31 @@ async def test_sampling_keeps_the_ratio_and_respects_the_caller(
         tracing.shutdown()
 
 
+async def test_the_ratio_of_new_traces_is_kept(
+    settings: Settings, aiohttp_client: AppClient
+) -> None:
+    exporter = InMemorySpanExporter()
+    tracing.configure(exporter, sample_ratio=0.5)
+    try:
+        client = await aiohttp_client(await create_app(settings))
+        for _ in range(200):
+            assert (await client.get("/livez")).status == 200
+    finally:
+        tracing.shutdown()
+    assert 60 < len(exporter.get_finished_spans()) < 140  # 100 expected; 6 sigma either side
+
+
+async def test_spans_are_made_only_inside_a_recorded_trace(spans: InMemorySpanExporter) -> None:
+    with tracing.span("orphan") as orphan:  # not a root, no trace to join
+        assert orphan is not None
+        assert not orphan.is_recording()
+    with tracing.span("request", root=True), tracing.span("inner") as inner:
+        assert inner.is_recording()
+    assert [s.name for s in spans.get_finished_spans()] == ["inner", "request"]
+
+
 async def test_trace_context_travels_in_job_labels(spans: InMemorySpanExporter) -> None:
-    with tracing.span("enqueue") as enqueue:
+    with tracing.span("enqueue", root=True) as enqueue:
         labels = tracing.inject({"topic": "reports"})
     assert labels["topic"] == "reports"
     assert labels["traceparent"].split("-")[1] == format(
@@ -119,7 +142,9 @@ async def test_trace_context_travels_in_job_labels(spans: InMemorySpanExporter) 
     )
 
     # The worker's side, in another process: the job's span continues the request's trace.
-    with tracing.span("sales_report", context=tracing.extract(labels), kind=SpanKind.CONSUMER):
+    with tracing.span(
+        "sales_report", context=tracing.extract(labels), kind=SpanKind.CONSUMER, root=True
+    ):
         pass
     [job] = named(spans, "sales_report")
     assert job.context.trace_id == enqueue.get_span_context().trace_id
@@ -133,7 +158,7 @@ async def test_redis_commands_and_pipelines_get_spans(
     async with open_redis(settings.redis_dsn, name="tracetest") as redis:
         assert isinstance(redis, TracedRedis)
         await redis.ping()  # outside any trace: no span of its own
-        with tracing.span("work"):
+        with tracing.span("work", root=True):
             await redis.set(key("trace", "secret-key"), "1", ex=60)
             async with redis.pipeline() as pipe:
                 await pipe.get(key("trace", "secret-key")).incr(key("trace", "count")).execute()
