@@ -295,7 +295,7 @@ class ActorRef(Generic[A]):
             await self._receive(envelope)
             return
         name = type(envelope.message).__name__
-        with tracing.span(
+        with tracing.start(
             f"{self.name} {name}", attributes={"actor.name": self.name, "actor.message": name}
         ) as span:
             error = await self._receive(envelope)

@@ -56,7 +56,14 @@ class Bench:
     def variant(self, **env: str) -> Iterator[str]:
         """Another `backend serve` like the shipped one but for `env`; yields its base URL."""
         port = free_port()
-        environ = {**environment(self.settings, port, self.workers), **env}
+        # Its own metrics directory: the shipped server's would be wiped, and summed with it.
+        metrics_dir = self.settings.state_dir / f"metrics-{port}"
+        metrics_dir.mkdir(parents=True, exist_ok=True)
+        environ = {
+            **environment(self.settings, port, self.workers),
+            "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+            **env,
+        }
         log = self.settings.state_dir / f"variant-{port}.log"
         with process(
             [sys.executable, "-m", "server.cli", "serve"],

@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from contextlib import AbstractContextManager, nullcontext
+from contextvars import ContextVar
 from random import random
 from typing import Any, Literal
 
@@ -54,6 +55,7 @@ Exporter = Literal["none", "console", "otlp"]
 tracer: Tracer | None = None
 _provider: TracerProvider | None = None
 _ratio = 1.0
+_recorded: ContextVar[bool] = ContextVar("trace_recorded", default=False)
 NO_SPAN: AbstractContextManager[Span] = nullcontext(INVALID_SPAN)
 
 
@@ -75,7 +77,7 @@ def configure(
     _ratio = sample_ratio
     provider = TracerProvider(
         resource=Resource.create({"service.name": service_name}),
-        # `span` has decided already: what reaches the SDK is to be recorded.
+        # `begins` has decided already: what reaches the SDK is to be recorded.
         sampler=ParentBased(ALWAYS_ON),
     )
     if isinstance(exporter, SpanExporter):
@@ -103,6 +105,22 @@ def shutdown() -> None:
         provider.shutdown()
 
 
+def begins(context: Context | None = None, *, root: bool = False) -> bool:
+    """Whether a span started here is recorded: inside a recorded trace (the current one, or
+    the caller's in `context`), or, for a `root` with no trace to join, for
+    `TRACING_SAMPLE_RATIO` of calls. Cheap when it says no, which is most of the time."""
+    if tracer is None:
+        return False
+    if context is None:
+        if _recorded.get():
+            return True
+    else:
+        parent = trace.get_current_span(context).get_span_context()
+        if parent.is_valid:
+            return parent.trace_flags.sampled
+    return root and random() < _ratio
+
+
 def span(
     name: str,
     *,
@@ -112,25 +130,53 @@ def span(
     root: bool = False,
 ) -> AbstractContextManager[Span]:
     """`with span(name) as s:` a span, current inside the block, child of the current span (or
-    of the one in `context`). It is recorded inside a recorded trace; with no trace to join, a
-    `root` span starts one for `TRACING_SAMPLE_RATIO` of calls. Otherwise (and when tracing is
-    off) it is `NO_SPAN`, which does nothing. Exceptions do not mark it failed: call `failed`."""
-    if tracer is None:
+    of the caller's in `context`), if `begins(context, root=root)`; otherwise `NO_SPAN`, which
+    records nothing. Exceptions do not mark it failed: call `failed`."""
+    if not begins(context, root=root):
         return NO_SPAN
-    parent = trace.get_current_span(context).get_span_context()
-    if parent.is_valid:
-        if not parent.trace_flags.sampled:
-            return NO_SPAN
-    elif not root or random() >= _ratio:
-        return NO_SPAN
-    return tracer.start_as_current_span(
-        name,
-        context=context,
-        kind=kind,
-        attributes=attributes,
-        record_exception=False,
-        set_status_on_exception=False,
+    return start(name, kind=kind, context=context, attributes=attributes)
+
+
+def start(
+    name: str,
+    *,
+    kind: SpanKind = SpanKind.INTERNAL,
+    context: Context | None = None,
+    attributes: Mapping[str, Any] | None = None,
+) -> AbstractContextManager[Span]:
+    """A recorded span, once `begins` said so (callers that build costly names or attributes
+    ask first); `span` does both."""
+    assert tracer is not None
+    return _Recording(
+        tracer.start_as_current_span(
+            name,
+            context=context,
+            kind=kind,
+            attributes=attributes,
+            record_exception=False,
+            set_status_on_exception=False,
+        )
     )
+
+
+class _Recording:
+    """The span's block, with `_recorded` set inside it: what `begins`, `recording` and
+    `log_fields` read instead of asking OpenTelemetry's context each time."""
+
+    __slots__ = ("_scope", "_token")
+
+    def __init__(self, scope: AbstractContextManager[Span]) -> None:
+        self._scope = scope
+
+    def __enter__(self) -> Span:
+        self._token = _recorded.set(True)
+        return self._scope.__enter__()
+
+    def __exit__(self, *exc_info: Any) -> bool | None:
+        try:
+            return self._scope.__exit__(*exc_info)
+        finally:
+            _recorded.reset(self._token)
 
 
 def failed(span: Span, error: BaseException) -> None:
@@ -158,12 +204,10 @@ def extract(labels: Mapping[str, Any]) -> Context:
 
 
 def log_fields() -> dict[str, str] | None:
-    """The current sampled span's ids, for log lines; None outside one."""
-    if tracer is None:
+    """The current recorded span's ids, for log lines; None outside one."""
+    if not _recorded.get():
         return None
     context = trace.get_current_span().get_span_context()
-    if not context.trace_flags.sampled:
-        return None
     return {
         "trace_id": format(context.trace_id, "032x"),
         "span_id": format(context.span_id, "016x"),
@@ -171,5 +215,5 @@ def log_fields() -> dict[str, str] | None:
 
 
 def recording() -> bool:
-    """Whether the current span is being recorded: client spans are made only then."""
-    return tracer is not None and trace.get_current_span().is_recording()
+    """Whether the code runs inside a recorded span: child spans are made only then."""
+    return _recorded.get() and tracer is not None

@@ -46,18 +46,16 @@ def traced() -> Middleware:
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         headers = request.headers
         caller = propagate.extract(headers) if "traceparent" in headers else None
+        if not tracing.begins(caller, root=True):
+            return await handler(request)
         method = request.method if request.method in _METHODS else "OTHER"
         route = route_template(request)
-        scope = tracing.span(
+        with tracing.start(
             f"{method} {route}",
             kind=SpanKind.SERVER,
             context=caller,
             attributes={"http.request.method": method, "http.route": route},
-            root=True,
-        )
-        if scope is tracing.NO_SPAN:
-            return await handler(request)
-        with scope as span:
+        ) as span:
             status, answered = 500, None
             try:
                 response = await handler(request)

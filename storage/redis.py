@@ -84,7 +84,7 @@ async def _traced(client: Redis, operation: str, count: int, call: Awaitable[T])
         attributes["server.port"] = options["port"]
     if count > 1:
         attributes["db.operation.batch.size"] = count
-    with tracing.span(operation, kind=tracing.SpanKind.CLIENT, attributes=attributes) as span:
+    with tracing.start(operation, kind=tracing.SpanKind.CLIENT, attributes=attributes) as span:
         try:
             return await call
         except Exception as error:
