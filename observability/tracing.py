@@ -33,6 +33,7 @@ from contextvars import ContextVar
 from random import random
 from typing import Any, Literal
 
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
@@ -148,7 +149,7 @@ def start(
     ask first); `span` does both."""
     assert tracer is not None
     return _Recording(
-        tracer.start_as_current_span(
+        tracer.start_span(
             name,
             context=context,
             kind=kind,
@@ -160,23 +161,24 @@ def start(
 
 
 class _Recording:
-    """The span's block, with `_recorded` set inside it: what `begins`, `recording` and
-    `log_fields` read instead of asking OpenTelemetry's context each time."""
+    """The span's block: the span current inside it (and `_recorded` set, which `begins`,
+    `recording` and `log_fields` read instead of asking OpenTelemetry), ended on the way out.
+    What `start_as_current_span` does, without its two generator-based context managers."""
 
-    __slots__ = ("_scope", "_token")
+    __slots__ = ("_flag", "_span", "_token")
 
-    def __init__(self, scope: AbstractContextManager[Span]) -> None:
-        self._scope = scope
+    def __init__(self, span: Span) -> None:
+        self._span = span
 
     def __enter__(self) -> Span:
-        self._token = _recorded.set(True)
-        return self._scope.__enter__()
+        self._flag = _recorded.set(True)
+        self._token = otel_context.attach(trace.set_span_in_context(self._span))
+        return self._span
 
-    def __exit__(self, *exc_info: Any) -> bool | None:
-        try:
-            return self._scope.__exit__(*exc_info)
-        finally:
-            _recorded.reset(self._token)
+    def __exit__(self, *exc_info: object) -> None:
+        otel_context.detach(self._token)
+        _recorded.reset(self._flag)
+        self._span.end()
 
 
 def failed(span: Span, error: BaseException) -> None:
