@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AnyHttpUrl,
     AnyUrl,
     BaseModel,
     ConfigDict,
@@ -145,6 +146,8 @@ class Settings(BaseSettings):
     tracing_exporter: Literal["none", "console", "otlp"] = "none"
     tracing_sample_ratio: float = Field(1.0, ge=0, le=1)
     service_name: str = Field("backend", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    # The standard OpenTelemetry variable, read here so that a `.env` file can set it too.
+    otel_exporter_otlp_endpoint: AnyHttpUrl | None = None
 
     @field_validator("database_replica_urls", "cors_origins", "trusted_proxies", mode="before")
     @classmethod

@@ -26,6 +26,11 @@ def instrumented(settings: Settings, service: str | None = None) -> Iterator[Non
         settings.tracing_exporter,
         sample_ratio=settings.tracing_sample_ratio,
         service_name=service or settings.service_name,
+        endpoint=(
+            str(settings.otel_exporter_otlp_endpoint)
+            if settings.otel_exporter_otlp_endpoint
+            else None
+        ),
     )
     try:
         yield

@@ -65,11 +65,13 @@ def configure(
     *,
     sample_ratio: float = 1.0,
     service_name: str = "backend",
+    endpoint: str | None = None,
 ) -> None:
     """Set this process's tracing up (replacing any earlier set-up).
 
     `exporter` is a name from the configuration, or a `SpanExporter` instance, which then gets
-    every span synchronously (tests pass an in-memory exporter).
+    every span synchronously (tests pass an in-memory exporter). `endpoint` is the OTLP/HTTP
+    collector's base URL (default: the OpenTelemetry environment variables, or localhost).
     """
     global tracer, _provider, _ratio
     shutdown()
@@ -84,18 +86,20 @@ def configure(
     if isinstance(exporter, SpanExporter):
         provider.add_span_processor(SimpleSpanProcessor(exporter))
     else:
-        provider.add_span_processor(BatchSpanProcessor(_exporter(exporter)))
+        provider.add_span_processor(BatchSpanProcessor(_exporter(exporter, endpoint)))
     _provider = provider
     tracer = provider.get_tracer("backend")
     log.info("tracing on", extra={"exporter": str(exporter), "sample_ratio": sample_ratio})
 
 
-def _exporter(name: str) -> SpanExporter:
+def _exporter(name: str, endpoint: str | None) -> SpanExporter:
     if name == "console":
         return ConsoleSpanExporter()
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-    return OTLPSpanExporter()
+    if endpoint is None:
+        return OTLPSpanExporter()
+    return OTLPSpanExporter(endpoint=endpoint.rstrip("/") + "/v1/traces")
 
 
 def shutdown() -> None:
