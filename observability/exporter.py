@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from types import TracebackType
+from contextlib import asynccontextmanager
 
 from aiohttp import web
 
@@ -36,21 +36,15 @@ async def sampled(app: web.Application) -> AsyncIterator[None]:
 
 class MetricsServer:
     """`GET /metrics` on `host:port`, and the process gauges (memory, CPU, descriptors, pools)
-    kept current, for a process that has no API app.
-
-    Use it around the process's life:
-
-        async with serve_metrics(settings.worker_metrics_port, host=settings.host):
-            ...  # the worker runs
-
-    or, where start-up and shutdown are separate hooks (Taskiq's `WORKER_STARTUP` and
-    `WORKER_SHUTDOWN` events), `server = serve_metrics(port); await server.start()` then
-    `await server.stop()`.
+    kept current, for a process that has no API app: `await start()` at the process's start,
+    `await stop()` at its end (Taskiq's `WORKER_STARTUP` and `WORKER_SHUTDOWN` events), or
+    `async with serve_metrics(port):` around its life.
 
     Several processes of one kind (a worker with `--workers N`) may share one port (it is
     bound with SO_REUSEPORT) when they share a `PROMETHEUS_MULTIPROC_DIR` of their own, not the
     API's: any of them then answers a scrape with the sum over all of them. Whoever restarts a
-    dead one should call `metrics.mark_process_dead(pid)`; a clean exit does it itself.
+    dead one should call `metrics.mark_process_dead(pid, directory)`; a clean exit does it
+    itself.
     """
 
     def __init__(self, port: int, host: str = "127.0.0.1") -> None:
@@ -70,19 +64,17 @@ class MetricsServer:
     async def stop(self) -> None:
         await self._runner.cleanup()
 
-    async def __aenter__(self) -> MetricsServer:
-        await self.start()
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
+@asynccontextmanager
+async def serve_metrics(port: int, host: str = "127.0.0.1") -> AsyncIterator[MetricsServer]:
+    """This process's metrics on `host:port` while the block runs: see `MetricsServer`.
 
-
-def serve_metrics(port: int, host: str = "127.0.0.1") -> MetricsServer:
-    """A metrics endpoint for this process on `host:port`: see `MetricsServer`."""
-    return MetricsServer(port, host)
+    async with serve_metrics(settings.worker_metrics_port, host=settings.host):
+        ...  # the worker runs
+    """
+    server = MetricsServer(port, host)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()

@@ -7,7 +7,6 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
@@ -91,30 +90,24 @@ async def test_a_dead_process_leaves_the_live_sums_and_keeps_its_counts(api_grou
     assert total(samples, "process_start_time_seconds") > started  # the newest start
 
 
-@pytest.fixture
-async def db(settings: Settings) -> AsyncIterator[Database]:
-    replicas = ReplicaSet(len(settings.replica_dsns))
-    async with Database.open(
-        settings.primary_dsn, settings.replica_dsns, replicas, name="pooltest", size=1
-    ) as database:
-        yield database
-
-
 async def _sleep(conn: Connection, seconds: float) -> None:
     await conn.execute("SELECT pg_sleep($1)", seconds)
 
 
 async def test_pools_report_connections_in_use_and_the_wait_for_one(
-    db: Database, client: TestClient
+    settings: Settings, client: TestClient
 ) -> None:
-    holding = asyncio.create_task(db.write(_sleep, 0.3))
-    await asyncio.sleep(0.1)
-    waiting = asyncio.create_task(db.write(_sleep, 0))  # queues behind the only connection
+    async with Database.open(
+        settings.primary_dsn, [], ReplicaSet(0), name="pooltest", size=1
+    ) as db:
+        holding = asyncio.create_task(db.write(_sleep, 0.3))
+        await asyncio.sleep(0.1)
+        waiting = asyncio.create_task(db.write(_sleep, 0))  # queues behind the only connection
 
-    text = await (await client.get("/metrics")).text()
-    assert 'db_pool_connections{pool="pooltest",state="in_use",target="primary"} 1.0' in text
-    assert 'db_pool_max_connections{pool="pooltest",target="primary"} 1.0' in text
-    await asyncio.gather(holding, waiting)
+        text = await (await client.get("/metrics")).text()
+        assert 'db_pool_connections{pool="pooltest",state="in_use",target="primary"} 1.0' in text
+        assert 'db_pool_max_connections{pool="pooltest",target="primary"} 1.0' in text
+        await asyncio.gather(holding, waiting)
 
     text = await (await client.get("/metrics")).text()
     assert 'db_pool_connections{pool="pooltest",state="in_use",target="primary"} 0.0' in text

@@ -3,7 +3,7 @@ trace continued; sampling; trace context carried in a job's labels; nothing when
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from aiohttp import web
@@ -94,33 +94,34 @@ async def test_errors_mark_the_request_span(traced: TestClient, spans: InMemoryS
     assert span.status.status_code is StatusCode.UNSET  # a client error is not a failure
 
 
-async def test_sampling_keeps_the_ratio_and_respects_the_caller(
+@pytest.fixture
+async def sampled_at(
     settings: Settings, aiohttp_client: AppClient
-) -> None:
-    exporter = InMemorySpanExporter()
-    tracing.configure(exporter, sample_ratio=0.0)
-    try:
-        client = await aiohttp_client(await create_app(settings))
-        assert (await client.get("/readyz")).status == 200
-        assert exporter.get_finished_spans() == ()  # not sampled: nothing below either
-        sampled = f"00-{TRACE_ID}-{PARENT_ID}-01"
-        assert (await client.get("/livez", headers={"traceparent": sampled})).status == 200
-        assert [span.name for span in exporter.get_finished_spans()] == ["GET /livez"]
-    finally:
-        tracing.shutdown()
+) -> AsyncIterator[Callable[[float], Awaitable[tuple[TestClient, InMemorySpanExporter]]]]:
+    """Build an app whose process records `ratio` of new traces."""
+
+    async def build(ratio: float) -> tuple[TestClient, InMemorySpanExporter]:
+        exporter = InMemorySpanExporter()
+        tracing.configure(exporter, sample_ratio=ratio)
+        return await aiohttp_client(await create_app(settings)), exporter
+
+    yield build
+    tracing.shutdown()
 
 
-async def test_the_ratio_of_new_traces_is_kept(
-    settings: Settings, aiohttp_client: AppClient
-) -> None:
-    exporter = InMemorySpanExporter()
-    tracing.configure(exporter, sample_ratio=0.5)
-    try:
-        client = await aiohttp_client(await create_app(settings))
-        for _ in range(200):
-            assert (await client.get("/livez")).status == 200
-    finally:
-        tracing.shutdown()
+async def test_sampling_respects_the_caller(sampled_at) -> None:
+    client, exporter = await sampled_at(0.0)
+    assert (await client.get("/readyz")).status == 200
+    assert exporter.get_finished_spans() == ()  # not sampled: nothing below either
+    sampled = f"00-{TRACE_ID}-{PARENT_ID}-01"
+    assert (await client.get("/livez", headers={"traceparent": sampled})).status == 200
+    assert [span.name for span in exporter.get_finished_spans()] == ["GET /livez"]
+
+
+async def test_the_ratio_of_new_traces_is_kept(sampled_at) -> None:
+    client, exporter = await sampled_at(0.5)
+    for _ in range(200):
+        assert (await client.get("/livez")).status == 200
     assert 60 < len(exporter.get_finished_spans()) < 140  # 100 expected; 6 sigma either side
 
 
