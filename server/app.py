@@ -12,11 +12,12 @@ import aiohttp_cors
 from aiohttp import web
 
 from actors import ActorSystem
+from actors.files import FILES, Files
 from actors.health import HEALTH, HealthMonitor
 from config import Settings
 from observability.logging import AccessLog
 from server.middleware import limits, observe, problem_details, security_headers
-from server.routes import operations
+from server.routes import files, operations
 from server.routing import install
 from server.state import ACTORS, LIFECYCLE, SETTINGS, Lifecycle
 from storage.postgres import ReplicaSet
@@ -45,6 +46,7 @@ async def create_app(settings: Settings) -> web.Application:
         app.on_cleanup.append(lambda app: _flush(access_log))
 
     install(app, operations.routes)
+    install(app, files.routes)
     allow_cors(app, settings.cors_origins)
     app.on_response_prepare.append(security_headers(hsts_seconds=settings.hsts_seconds))
     return app
@@ -56,6 +58,11 @@ async def actors(app: web.Application) -> AsyncIterator[None]:
     replicas = ReplicaSet(len(settings.replica_dsns))
     async with app[ACTORS] as system:
         await system.spawn(HEALTH, lambda: HealthMonitor(settings, replicas), concurrency=4)
+        await system.spawn(
+            FILES,
+            lambda: Files(settings, replicas),
+            concurrency=settings.db_pool_size + settings.files_max_uploads,
+        )
         yield
 
 
