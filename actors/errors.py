@@ -86,3 +86,8 @@ class Busy(DomainError):
 
 class ClientGone(DomainError):
     """The client stopped sending before the request was complete."""
+
+
+class StorageUnavailable(DomainError):
+    """The file store failed this request. An answer, not a crash: the client is fine and
+    restarting the actor would not bring the store back; the same request may succeed later."""

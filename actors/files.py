@@ -38,9 +38,9 @@ from actors.errors import (
     Busy,
     ClientGone,
     DeadlineExceeded,
-    DependencyUnavailable,
     InvalidInput,
     NotFound,
+    StorageUnavailable,
     TooLarge,
     UnsupportedType,
 )
@@ -74,7 +74,7 @@ _REJECT_REASONS: tuple[tuple[type[BaseException], str], ...] = (
     (Busy, "busy"),
     (DeadlineExceeded, "timeout"),
     (asyncio.CancelledError, "timeout"),  # the actor cancels a message at its deadline
-    (DependencyUnavailable, "storage_error"),
+    (StorageUnavailable, "storage_error"),
 )
 
 
@@ -238,7 +238,7 @@ class Files(Actor):
         try:
             await self.store.put(key, inspection.passing(message.chunks))
         except StoreError as error:
-            raise DependencyUnavailable("files", f"the file store failed: {error}") from error
+            raise StorageUnavailable(f"the file store failed: {error}") from error
         assert inspection.content_type is not None  # passing() decided it, or raised
         try:
             row = await self.db.write(
@@ -285,7 +285,7 @@ class Files(Actor):
         except ObjectMissing:
             raise self._missing(message.file) from None
         except StoreError as error:
-            raise DependencyUnavailable("files", f"the file store failed: {error}") from error
+            raise StorageUnavailable(f"the file store failed: {error}") from error
         return Download(reader, resources)
 
     @handler
@@ -293,7 +293,7 @@ class Files(Actor):
         try:
             found = await self.store.stat(message.file.key)
         except StoreError as error:
-            raise DependencyUnavailable("files", f"the file store failed: {error}") from error
+            raise StorageUnavailable(f"the file store failed: {error}") from error
         if found is None:
             raise self._missing(message.file)
 
@@ -315,7 +315,7 @@ class Files(Actor):
         try:
             await self.store.delete(row["storage_key"])
         except StoreError as error:
-            raise DependencyUnavailable("files", f"the file store failed: {error}") from error
+            raise StorageUnavailable(f"the file store failed: {error}") from error
         metrics.FILES_DELETED.inc()
         metrics.FILES_DELETED_BYTES.inc(row["size"])
 

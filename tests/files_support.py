@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import re
 import secrets
 import subprocess
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import pytest
@@ -93,7 +95,13 @@ async def _wait_for(url: str, process: subprocess.Popen[bytes]) -> None:
 
 
 def files_settings(
-    database: ServiceUrls, base: Settings, backend: str, tmp: Any, s3: S3Server | None, bucket: str
+    database: ServiceUrls,
+    base: Settings,
+    backend: str,
+    tmp: Any,
+    s3: S3Server | None,
+    bucket: str,
+    **overrides: Any,
 ) -> Settings:
     """Settings for one backend: a folder of the test's own, or a bucket of its own."""
     options: dict[str, Any] = {"files_local_dir": tmp / "files", "files_max_bytes": 4 * MiB}
@@ -107,7 +115,7 @@ def files_settings(
             "s3_part_bytes": 5 * MiB,
             **MOTO_KEYS,
         }
-    return settings_for(database, base, **options)
+    return settings_for(database, base, **(options | overrides))
 
 
 # -- callers ----------------------------------------------------------------------------------
@@ -116,7 +124,7 @@ TEST_IDENTITY = "X-Test-Principal"
 
 
 @web.middleware
-async def test_identity(request: web.Request, handler: Any) -> web.StreamResponse:
+async def identity_from_header(request: web.Request, handler: Any) -> web.StreamResponse:
     """Stands in for authentication: `X-Test-Principal: <user id>[;role,role]`."""
     value = request.headers.get(TEST_IDENTITY)
     if value:
@@ -175,10 +183,14 @@ class Multipart:
         return f"multipart/form-data; boundary={self.boundary}"
 
     def head(self) -> bytes:
-        name = self.filename.replace('"', "%22")
+        """The part's headers; a name that is not plain ASCII goes as RFC 8187 `filename*`."""
+        if re.fullmatch(r"[A-Za-z0-9 ._()/-]*", self.filename):
+            name = f'filename="{self.filename}"'
+        else:
+            name = f"filename*=UTF-8''{quote(self.filename, safe='')}"
         return (
             f"--{self.boundary}\r\n"
-            f'Content-Disposition: form-data; name="{self.field}"; filename="{name}"\r\n'
+            f'Content-Disposition: form-data; name="{self.field}"; {name}\r\n'
             f"Content-Type: {self.part_type}\r\n\r\n"
         ).encode()
 
