@@ -148,7 +148,7 @@ def png(width: int = 64, height: int = 48) -> bytes:
 
 
 PDF = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n"
-CSV = "sku,name,price\nA-1,Café crème,350\nB-2,\"Tea, green\",280\n".encode()
+CSV = 'sku,name,price\nA-1,Café crème,350\nB-2,"Tea, green",280\n'.encode()
 
 
 async def chunks_of(data: bytes, size: int = 64 * 1024) -> AsyncIterator[bytes]:

@@ -241,9 +241,7 @@ async def test_unsatisfiable_and_ignored_ranges(files: Files) -> None:
 async def test_spoofed_or_unlisted_types_are_refused(
     open_files: FilesFactory, data: bytes, filename: str, part_type: str
 ) -> None:
-    files = await open_files(
-        files_allowed_types="image/png,image/jpeg,application/pdf,text/csv"
-    )
+    files = await open_files(files_allowed_types="image/png,image/jpeg,application/pdf,text/csv")
     me = caller()
     before = rejects("unsupported_type")
     response = await upload(files.client, data, filename=filename, headers=me, part_type=part_type)
