@@ -52,6 +52,7 @@ class Endpoint:
     status: int = 200
     long_lived: bool = False
     max_body: Callable[[Settings], int] | None = None
+    rate_limit: str = "default"
     body: type[pydantic.BaseModel] | None = None
     query: type[pydantic.BaseModel] | None = None
     path_params: type[pydantic.BaseModel] | None = None
@@ -76,13 +77,15 @@ class Routes:
         status: int = 200,
         long_lived: bool = False,
         max_body: Callable[[Settings], int] | None = None,
+        rate_limit: str = "default",
         name: str | None = None,
         **extra: Any,
     ) -> Callable[[Handler], Handler]:
         """Declare an endpoint. `access` is `PUBLIC` or the permission a caller must hold;
         `long_lived` endpoints (streams, WebSockets) are exempt from the request deadline;
         `max_body` gives the endpoint its own limit on a declared `Content-Length`, from the
-        settings, in place of `MAX_BODY_BYTES` (for endpoints that stream large bodies)."""
+        settings, in place of `MAX_BODY_BYTES` (for endpoints that stream large bodies);
+        `rate_limit` names the rate-limit policy charged (or `"exempt"`)."""
 
         def register(handler: Handler) -> Handler:
             signature = _signature(handler)
@@ -99,6 +102,7 @@ class Routes:
                     status=status,
                     long_lived=long_lived,
                     max_body=max_body,
+                    rate_limit=rate_limit,
                     body=signature.body,
                     query=signature.query,
                     path_params=_path_model(handler, full_path, signature.path),

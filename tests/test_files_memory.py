@@ -16,7 +16,7 @@ from pathlib import Path
 import aiohttp
 
 from config import Settings
-from tests.files_support import MiB, PDF, Multipart, caller, random_bytes, upload
+from tests.files_support import PDF, MiB, caller, random_bytes, upload
 from tests.processes import ROOT, free_port, service_env, wait_until_serving
 
 SIZE = 200 * MiB

@@ -61,6 +61,11 @@ def test_a_long_first_line_without_a_newline_is_not_csv() -> None:
     assert detect(b"a," * SAMPLE_BYTES, complete=False) is None
 
 
+async def collect(chunks: AsyncIterator[bytes], into: list[bytes]) -> None:
+    async for chunk in chunks:
+        into.append(chunk)
+
+
 async def inspect(data: bytes, *, limit: int = 1 << 20, allowed=FILE_TYPES) -> Inspection:
     inspection = Inspection(limit=limit, allowed=allowed)
     passed = b"".join([chunk async for chunk in inspection.passing(chunks_of(data, 1000))])
@@ -78,23 +83,24 @@ async def test_inspection_hashes_counts_and_types() -> None:
 
 async def test_inspection_stops_as_soon_as_the_limit_is_crossed() -> None:
     inspection = Inspection(limit=10_000, allowed=FILE_TYPES)
-    passed = 0
+    passed: list[bytes] = []
 
     async def source() -> AsyncIterator[bytes]:
         for _ in range(100):
             yield b"a,b\n" * 250  # 1000 bytes
 
     with pytest.raises(TooLarge):
-        async for chunk in inspection.passing(source()):
-            passed += len(chunk)
-    assert passed <= 10_000
+        await collect(inspection.passing(source()), passed)
+    assert len(b"".join(passed)) == 10_000
+    assert inspection.size == 10_000 + 1000  # the crossing chunk was counted, not passed on
 
 
 async def test_a_type_not_allowed_is_refused_before_anything_passes() -> None:
     inspection = Inspection(limit=1 << 20, allowed=("image/png",))
+    passed: list[bytes] = []
     with pytest.raises(UnsupportedType, match="application/pdf, which is not accepted"):
-        async for _ in inspection.passing(chunks_of(PDF * 200, 100)):
-            pytest.fail("no byte of a refused file may reach the store")
+        await collect(inspection.passing(chunks_of(PDF * 200, 100)), passed)
+    assert passed == []  # no byte of a refused file reaches the store
 
 
 async def test_binary_after_a_csv_head_is_refused() -> None:
