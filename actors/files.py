@@ -252,16 +252,10 @@ class Files(Actor):
                 storage_key=key,
             )
         except BaseException:
-            await self._discard(key)
+            await discard(self.store, key)
             raise
+        assert row is not None  # an upload has no source whose variant could already exist
         return FileInfo.from_row(row)
-
-    async def _discard(self, key: str) -> None:
-        """Remove an object whose row could not be written; runs even while cancelled."""
-        try:
-            await asyncio.shield(self.store.delete(key))
-        except (StoreError, asyncio.CancelledError) as error:
-            log.error("could not remove an unrecorded object: %s", error, extra={"key": key})
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -309,15 +303,25 @@ class Files(Actor):
         await self.db.write(self._delete, message.principal, message.file_id)
 
     async def _delete(self, conn: Any, principal: Principal, file_id: UUID) -> None:
-        row = await files_sql.delete(conn, file_id)
-        if row is None or not may_see(principal, row["owner_id"]):
+        rows = await files_sql.delete(conn, file_id)
+        file = next((row for row in rows if row["id"] == file_id), None)
+        if file is None or not may_see(principal, file["owner_id"]):
             raise NotFound("no such file")  # rolls the delete back
-        try:
-            await self.store.delete(row["storage_key"])
-        except StoreError as error:
-            raise StorageUnavailable(f"the file store failed: {error}") from error
-        metrics.FILES_DELETED.inc()
-        metrics.FILES_DELETED_BYTES.inc(row["size"])
+        for row in rows:  # the file and its thumbnail
+            try:
+                await self.store.delete(row["storage_key"])
+            except StoreError as error:
+                raise StorageUnavailable(f"the file store failed: {error}") from error
+        metrics.FILES_DELETED.inc(len(rows))
+        metrics.FILES_DELETED_BYTES.inc(sum(row["size"] for row in rows))
+
+
+async def discard(store: FileStore, key: str) -> None:
+    """Remove an object that has no row (and will not get one); runs even while cancelled."""
+    try:
+        await asyncio.shield(store.delete(key))
+    except (StoreError, asyncio.CancelledError) as error:
+        log.error("could not remove an unrecorded object: %s", error, extra={"key": key})
 
 
 def _reject_reason(error: BaseException) -> str:
