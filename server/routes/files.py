@@ -35,23 +35,16 @@ _PLAIN_ENCODINGS = frozenset({"", "binary", "8bit", "7bit"})
 
 
 class StoredFile(pydantic.BaseModel):
+    """What the client learns of a stored file (read from a `FileInfo`)."""
+
+    model_config = pydantic.ConfigDict(from_attributes=True)
+
     id: UUID
     size: int
     sha256: str
     content_type: str
     name: str
     created_at: datetime
-
-    @classmethod
-    def of(cls, file: FileInfo) -> StoredFile:
-        return cls(
-            id=file.id,
-            size=file.size,
-            sha256=file.sha256,
-            content_type=file.content_type,
-            name=file.name,
-            created_at=file.created_at,
-        )
 
 
 def upload_limit(settings: Settings) -> int:
@@ -69,7 +62,7 @@ async def upload_file(request: web.Request) -> StoredFile:
         timeout=settings.files_upload_timeout,
     )
     return json_response(  # type: ignore[return-value]
-        StoredFile.of(file), status=201, headers={"Location": f"/api/v1/files/{file.id}"}
+        StoredFile.model_validate(file), status=201, headers={"Location": f"/api/v1/files/{file.id}"}
     )
 
 
