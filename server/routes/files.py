@@ -18,7 +18,7 @@ import pydantic
 from aiohttp import BodyPartReader, ClientPayloadError, MultipartReader, web
 
 from actors.errors import ClientGone, FieldError, InvalidInput, Unauthenticated, UnsupportedType
-from actors.files import FILES, DeleteFile, FileInfo, FindFile, StoreFile
+from actors.files import FILES, DeleteFile, FindFile, StoreFile
 from actors.identity import Principal
 from actors.runtime import deadline_scope
 from config import Settings
@@ -54,7 +54,7 @@ def upload_limit(settings: Settings) -> int:
 @routes.post("/files", access="files:write", status=201, long_lived=True, max_body=upload_limit)
 async def upload_file(request: web.Request) -> StoredFile:
     """Upload a file (multipart/form-data, one part named `file`)."""
-    principal = _principal(request)
+    principal = principal_of(request)
     settings = request.app[SETTINGS]
     part, reader = await _file_part(request)
     file = await request.app[ACTORS][FILES].ask(
@@ -62,7 +62,9 @@ async def upload_file(request: web.Request) -> StoredFile:
         timeout=settings.files_upload_timeout,
     )
     return json_response(  # type: ignore[return-value]
-        StoredFile.model_validate(file), status=201, headers={"Location": f"/api/v1/files/{file.id}"}
+        StoredFile.model_validate(file),
+        status=201,
+        headers={"Location": f"/api/v1/files/{file.id}"},
     )
 
 
@@ -71,7 +73,7 @@ async def download_file(request: web.Request, file_id: UUID) -> web.StreamRespon
     """The file's bytes (single ranges, conditional requests); streamed."""
     files = request.app[ACTORS][FILES]
     with deadline_scope(request.app[SETTINGS].request_timeout):
-        file = await files.ask(FindFile(_principal(request), file_id))
+        file = await files.ask(FindFile(principal_of(request), file_id))
     return await serve(request, files, file)
 
 
@@ -81,11 +83,11 @@ routes.route("HEAD", "/files/{file_id}", access="files:read", name="head_file")(
 @routes.delete("/files/{file_id}", access="files:write", status=204)
 async def delete_file(request: web.Request, file_id: UUID) -> web.Response:
     """Delete a file (its owner, or staff)."""
-    await request.app[ACTORS][FILES].ask(DeleteFile(_principal(request), file_id))
+    await request.app[ACTORS][FILES].ask(DeleteFile(principal_of(request), file_id))
     return web.Response(status=204)
 
 
-def _principal(request: web.Request) -> Principal:
+def principal_of(request: web.Request) -> Principal:
     principal = request.get(PRINCIPAL)
     if principal is None:
         raise Unauthenticated("sign in to use files")
