@@ -1,5 +1,5 @@
 """Shared by the file tests: a real S3-compatible server (moto's standalone server, one per
-session, on loopback), settings for either backend, callers, and streamed multipart bodies."""
+session, on loopback), settings for either backend, sample files, streamed multipart bodies."""
 
 from __future__ import annotations
 
