@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -12,6 +13,7 @@ from pydantic import (
     AnyUrl,
     BaseModel,
     ConfigDict,
+    EmailStr,
     Field,
     IPvAnyNetwork,
     SecretStr,
@@ -43,6 +45,16 @@ def _check_dsn(value: SecretStr | None, schemes: tuple[str, ...]) -> SecretStr |
 CommaList = Annotated[list[str], NoDecode]
 SecretList = Annotated[list[SecretStr], NoDecode]
 NetworkList = Annotated[list[IPvAnyNetwork], NoDecode]
+
+# What an upload can be recognised as from its leading bytes (`FILES_ALLOWED_TYPES` picks).
+FILE_TYPES = (
+    "image/png",
+    "image/jpeg",
+    "image/gif",
+    "image/webp",
+    "application/pdf",
+    "text/csv",
+)
 
 EXEMPT = "exempt"
 
@@ -149,7 +161,71 @@ class Settings(BaseSettings):
     # The standard OpenTelemetry variable, read here so that a `.env` file can set it too.
     otel_exporter_otlp_endpoint: AnyHttpUrl | None = None
 
-    @field_validator("database_replica_urls", "cors_origins", "trusted_proxies", mode="before")
+    # -- accounts and tokens (issue 3) --
+    jwt_keys: SecretList = Field(
+        default_factory=list,
+        description="`kid:secret,...`: the first signs, all verify; generated in dev/test if unset",
+    )
+    jwt_algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"
+    jwt_issuer: str = Field("backend", min_length=1)
+    jwt_audience: str = Field("backend-api", min_length=1)
+    access_token_seconds: int = Field(900, ge=30, le=86_400)
+    refresh_token_days: int = Field(30, ge=1, le=365)
+    password_time_cost: int = Field(2, ge=1, le=20)
+    password_memory_kib: int = Field(19_456, ge=1024, le=4_194_304)
+    password_parallelism: int = Field(1, ge=1, le=16)
+    password_hash_threads: int = Field(2, ge=1, le=64)
+    admin_email: EmailStr | None = None
+    admin_password: SecretStr | None = None
+    read_your_writes_seconds: float = Field(5.0, ge=0, le=3600)
+
+    # -- files: uploads and the file store ---------------------------------------------------
+    files_backend: Literal["local", "s3"] = "local"
+    files_local_dir: Path | None = Field(None, description="default: STATE_DIR/files")
+    files_max_bytes: int = Field(25 << 20, ge=1, le=5 << 40)
+    files_allowed_types: CommaList = Field(default_factory=lambda: list(FILE_TYPES))
+    files_max_uploads: int = Field(16, ge=1, le=4096, description="at once, per process")
+    files_upload_timeout: float = Field(900.0, gt=0)
+    files_thumbnail_pixels: int = Field(320, ge=16, le=2048)
+    files_max_image_pixels: int = Field(40_000_000, ge=1)
+    s3_bucket: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    s3_access_key_id: SecretStr | None = None
+    s3_secret_access_key: SecretStr | None = None
+    s3_addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    s3_prefix: str = Field("", pattern=r"^([A-Za-z0-9_.-]+/)*$")
+    s3_part_bytes: int = Field(8 << 20, ge=5 << 20, le=5 << 30)
+    s3_pool_size: int = Field(32, ge=1, le=1024)
+
+    @field_validator("files_allowed_types")
+    @classmethod
+    def _known_file_types(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - set(FILE_TYPES))
+        if unknown:
+            known = ", ".join(FILE_TYPES)
+            raise ValueError(f"cannot recognise {', '.join(unknown)}; known: {known}")
+        return value
+
+    @model_validator(mode="after")
+    def _s3_settings(self) -> Settings:
+        if self.files_backend == "s3" and self.s3_bucket is None:
+            raise ValueError("FILES_BACKEND is s3 but S3_BUCKET is not set")
+        if (self.s3_access_key_id is None) != (self.s3_secret_access_key is None):
+            raise ValueError("set both S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY, or neither")
+        return self
+
+    @property
+    def files_dir(self) -> Path:
+        return self.files_local_dir or self.state_dir / "files"
+
+    @field_validator(
+        "database_replica_urls",
+        "cors_origins",
+        "trusted_proxies",
+        "files_allowed_types",
+        mode="before",
+    )
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
         return _split(value)
@@ -205,6 +281,30 @@ class Settings(BaseSettings):
             raise ValueError("DATABASE_REPLICA_URLS is set but DATABASE_URL is not")
         return self
 
+    @field_validator("jwt_keys", mode="before")
+    @classmethod
+    def _key_list(cls, value: Any) -> Any:
+        return _split(value)
+
+    @field_validator("jwt_keys")
+    @classmethod
+    def _key_entries(cls, value: list[SecretStr]) -> list[SecretStr]:
+        kids = [signing_key(item)[0] for item in value]
+        if len(set(kids)) != len(kids):
+            raise ValueError("each key id may appear once")
+        return value
+
+    @model_validator(mode="after")
+    def _production_keys(self) -> Settings:
+        if self.app_env == "prod" and not self.jwt_keys:
+            raise ValueError("JWT_KEYS must be set when APP_ENV=prod (kid:secret,...)")
+        return self
+
+    @property
+    def signing_keys(self) -> list[tuple[str, bytes]]:
+        """`(kid, secret)` pairs from `JWT_KEYS`, the signing key first."""
+        return [signing_key(item) for item in self.jwt_keys]
+
     @property
     def uses_embedded_services(self) -> bool:
         return self.database_url is None or self.redis_url is None
@@ -224,6 +324,20 @@ class Settings(BaseSettings):
     def redacted(self) -> dict[str, Any]:
         """The settings as start-up logs them: secrets masked."""
         return self.model_dump(mode="json")
+
+
+_KID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+MIN_KEY_BYTES = 32
+
+
+def signing_key(entry: SecretStr) -> tuple[str, bytes]:
+    """`kid:secret` -> `(kid, secret bytes)`; errors never quote the secret."""
+    kid, sep, secret = entry.get_secret_value().partition(":")
+    if not sep or not _KID.match(kid):
+        raise ValueError("each key is `kid:secret`, kid of letters, digits, `._-`")
+    if len(secret.encode()) < MIN_KEY_BYTES:
+        raise ValueError(f"key {kid!r} is shorter than {MIN_KEY_BYTES} bytes")
+    return kid, secret.encode()
 
 
 def _required(value: SecretStr | None, variable: str) -> str:

@@ -28,12 +28,18 @@ class Problem:
     slug: str
     title: str
     retry: bool = False  # answer with Retry-After: the same request may succeed later
+    headers: tuple[tuple[str, str], ...] = ()  # sent with every answer of this kind
 
 
 # Each failure, most specific first where one derives from another.
 PROBLEMS: dict[type[BaseException], Problem] = {
     errors.InvalidInput: Problem(422, "validation-failed", "Request validation failed"),
-    errors.Unauthenticated: Problem(401, "unauthenticated", "Authentication required"),
+    errors.Unauthenticated: Problem(
+        401,
+        "unauthenticated",
+        "Authentication required",
+        headers=(("WWW-Authenticate", 'Bearer realm="api"'),),
+    ),
     errors.PermissionDenied: Problem(403, "forbidden", "Forbidden"),
     errors.NotFound: Problem(404, "not-found", "Not found"),
     errors.Conflict: Problem(409, "conflict", "Conflict"),
@@ -44,6 +50,14 @@ PROBLEMS: dict[type[BaseException], Problem] = {
         503, "dependency-unavailable", "A backing service is unavailable", retry=True
     ),
     errors.DeadlineExceeded: Problem(504, "deadline-exceeded", "Request took too long"),
+    # files
+    errors.TooLarge: Problem(413, "too-large", "Content too large"),
+    errors.UnsupportedType: Problem(415, "unsupported-type", "Unsupported media type"),
+    errors.Busy: Problem(503, "busy", "Too many requests of this kind in progress", retry=True),
+    errors.ClientGone: Problem(400, "incomplete-request", "The request body was cut short"),
+    errors.StorageUnavailable: Problem(
+        503, "storage-unavailable", "File storage is unavailable", retry=True
+    ),
 }
 _UNAVAILABLE = PROBLEMS[errors.DependencyUnavailable]
 _INTERNAL = Problem(500, "internal", "Internal server error")
@@ -69,6 +83,7 @@ def problem_response(
     )
     if problem.retry:
         response.headers["Retry-After"] = str(retry_after)
+    response.headers.extend(problem.headers)
     return response
 
 

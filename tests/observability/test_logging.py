@@ -129,7 +129,7 @@ async def auth_flow(session: aiohttp.ClientSession, base: str) -> list[str]:
     """Register, log in, refresh, ask who am I, log out (the commerce issue's contract); the
     secrets it handled. Nothing when the auth endpoints are not there yet."""
     api = f"{base}/api/v1"
-    email = f"logs-{secrets.token_hex(4)}@example.test"
+    email = f"logs-{secrets.token_hex(4)}@example.com"
     account = {"email": email, "password": PASSWORD, "name": "Log Test"}
     async with session.post(f"{api}/auth/register", json=account) as response:
         if response.status == 404:
@@ -195,6 +195,8 @@ async def test_a_real_servers_output_holds_no_secret(settings: Settings, tmp_pat
         sensitive = {"Authorization": f"Bearer {JWT}", "Cookie": f"session={COOKIE}"}
         async with aiohttp.ClientSession() as session:
             async with session.get(f"{base}/livez?token={COOKIE}", headers=sensitive) as r:
+                assert r.status == 401  # a forged bearer token is refused
+            async with session.get(f"{base}/livez", headers={"Cookie": sensitive["Cookie"]}) as r:
                 assert r.status == 200
             async with session.post(f"{base}/livez", json={"password": PASSWORD}) as r:
                 assert r.status == 405
@@ -217,5 +219,6 @@ async def test_a_real_servers_output_holds_no_secret(settings: Settings, tmp_pat
         assert any(line.get("user_id") for line in access if line["route"] == "/api/v1/me")
 
     [livez] = [line for line in access if line["route"] == "/livez" and line["status"] == 200]
+    assert any(line["route"] == "/livez" and line["status"] == 401 for line in access)
     exported = {(span["name"], span["context"]["trace_id"]) for span in console_spans(traces)}
     assert ("GET /livez", "0x" + livez["trace_id"]) in exported
