@@ -44,6 +44,8 @@ ALLOWED_HEADERS = (
     "X-Request-ID",
     "X-Read-After",
     "Idempotency-Key",
+    "traceparent",  # a browser's trace, continued by the request span
+    "tracestate",
 )
 
 
