@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -56,22 +57,21 @@ class Bench:
     def variant(self, **env: str) -> Iterator[str]:
         """Another `backend serve` like the shipped one but for `env`; yields its base URL."""
         port = free_port()
-        # Its own metrics directory: the shipped server's would be wiped, and summed with it.
-        metrics_dir = self.settings.state_dir / f"metrics-{port}"
-        metrics_dir.mkdir(parents=True, exist_ok=True)
-        environ = {
-            **environment(self.settings, port, self.workers),
-            "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
-            **env,
-        }
         log = self.settings.state_dir / f"variant-{port}.log"
-        with process(
-            [sys.executable, "-m", "server.cli", "serve"],
-            environ,
-            f"http://127.0.0.1:{port}/readyz",
-            log,
-        ):
-            yield f"http://127.0.0.1:{port}"
+        # Its own metrics directory: the shipped server's would be wiped, and summed with it.
+        with tempfile.TemporaryDirectory(prefix="metrics-", dir=self.settings.state_dir) as tmp:
+            environ = {
+                **environment(self.settings, port, self.workers),
+                "PROMETHEUS_MULTIPROC_DIR": tmp,
+                **env,
+            }
+            with process(
+                [sys.executable, "-m", "server.cli", "serve"],
+                environ,
+                f"http://127.0.0.1:{port}/readyz",
+                log,
+            ):
+                yield f"http://127.0.0.1:{port}"
 
 
 @contextlib.contextmanager
