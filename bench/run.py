@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import sys
@@ -13,6 +14,7 @@ from bench.harness import HEADER, ROOT, Request, Row, process, run_wrk
 from config import Settings, load_settings
 from server.cli import embedded_needs, resolve
 from storage.embedded import EmbeddedServices
+from storage.migrations import migrate
 from tests.processes import free_port
 
 
@@ -76,14 +78,17 @@ class Bench:
 
 @contextlib.contextmanager
 def bench_services(state: str) -> Iterator[Settings]:
-    """This run's settings: the configured services, or embedded ones of the bench's own."""
+    """This run's settings: the configured services, or embedded ones of the bench's own,
+    migrated (the servers' actors need the schema)."""
     settings = load_settings(state_dir=ROOT / ".run" / state, access_log=True)
     needed = embedded_needs(settings)
     embedded = EmbeddedServices(settings.state_dir)
     if needed:
         embedded.start(needed)
     try:
-        yield resolve(settings)
+        resolved = resolve(settings)
+        asyncio.run(migrate(resolved.primary_dsn))
+        yield resolved
     finally:
         if needed:
             embedded.stop(needed)
