@@ -142,7 +142,7 @@ def _statement_span(query: LoggedQuery) -> None:
         return
     end = time.time_ns()
     text = query.query.lstrip()
-    operation = text.split(None, 1)[0].upper() if text else "SQL"
+    operation = text.split(None, 1)[0].rstrip(";").upper() if text else "SQL"
     host, port = query.conn_addr if isinstance(query.conn_addr, tuple) else (query.conn_addr, None)
     span = tracer.start_span(
         operation,

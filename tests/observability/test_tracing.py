@@ -3,6 +3,7 @@ trace continued; sampling; trace context carried in a job's labels; nothing when
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -75,6 +76,30 @@ async def test_one_trace_from_the_request_through_the_actor_to_sql_and_redis(
     [redis] = [s for s in below if s.attributes.get("db.system.name") == "redis"]
     assert redis.name == "PING"
     assert {s.context.trace_id for s in [request, actor, *below]} == {request.context.trace_id}
+
+
+async def test_a_sign_up_is_one_trace_down_to_its_inserts(
+    traced: TestClient, spans: InMemorySpanExporter
+) -> None:
+    password = "Correct-Horse-" + secrets.token_hex(6)
+    account = {"email": f"trace-{secrets.token_hex(4)}@example.com", "password": password}
+    response = await traced.post("/api/v1/auth/register", json={**account, "name": "Trace"})
+    assert response.status == 201
+
+    [request] = named(spans, "POST /api/v1/auth/register")
+    [actor] = named(spans, "accounts Register")
+    assert actor.parent.span_id == request.context.span_id
+
+    async def inserted() -> bool:
+        return any(s.name == "COMMIT" for s in children(spans, actor))
+
+    await eventually(inserted)
+    sql = [s for s in children(spans, actor) if s.attributes.get("db.system.name") == "postgresql"]
+    assert any(s.attributes["db.query.text"].startswith("INSERT INTO users") for s in sql)
+    assert {"BEGIN", "INSERT", "COMMIT"} <= {s.name for s in sql}
+    everything = spans.get_finished_spans()
+    assert {s.context.trace_id for s in everything} == {request.context.trace_id}
+    assert password not in str([s.attributes for s in everything])  # arguments never recorded
 
 
 async def test_the_callers_trace_is_continued(
