@@ -31,6 +31,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import redis
+
 log = logging.getLogger("backend.services")
 
 PG_USER = "embedded_postgres"
@@ -359,6 +361,7 @@ class EmbeddedServices:
             )
         subprocess.run([str(_redis_server()), str(conf)], check=True, timeout=30)  # noqa: S603
         _wait_for_port(state.redis_port, "redis", self.redis_dir / "redis.log")
+        _wait_for_redis(state, self.redis_dir / "redis.log")
         log.info("redis started", extra={"service": "redis", "port": state.redis_port})
 
     def _stop_redis(self) -> None:
@@ -474,6 +477,28 @@ def _wait_for_port(port: int, service: str, logfile: Path, timeout: float = 30.0
                 return
         time.sleep(0.02)
     raise ServicesError(f"{service} did not start listening on {port}\n{_tail(logfile)}")
+
+
+def _wait_for_redis(state: _State, logfile: Path, timeout: float = 30.0) -> None:
+    """Until Redis answers: it listens before it has written its pidfile and loaded its
+    append-only file, and answers LOADING meanwhile."""
+    client = redis.Redis(
+        host="127.0.0.1", port=state.redis_port, password=state.redis_password, socket_timeout=2
+    )
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:  # BusyLoadingError included
+                if time.monotonic() > deadline:
+                    raise ServicesError(
+                        f"redis did not finish starting\n{_tail(logfile)}"
+                    ) from None
+                time.sleep(0.02)
+    finally:
+        client.close()
 
 
 def _tail(path: Path, lines: int = 20) -> str:
