@@ -4,7 +4,8 @@ Every metric is a module-level prometheus-client object, so that with several AP
 (`PROMETHEUS_MULTIPROC_DIR` set by `backend serve --workers N`) one scrape reports their sum.
 Labels are bounded: route templates, actor names, replica names, never raw input.
 
-Hot paths hold metric children bound once (`child`), which are no-ops when metrics are
+Hot paths hold metric children bound once (`child`): they add up in plain Python and are
+written to prometheus-client once a second (`flush`), and they are no-ops when metrics are
 switched off (`configure(enabled=False)`, only done to measure what metrics cost).
 Gauges that describe a state rather than an event (process memory, pool sizes) are sampled
 every `SAMPLE_INTERVAL` seconds in each process by `sampling()`, and again at each scrape.
@@ -160,21 +161,7 @@ PROCESSES = Gauge(
 # -- PostgreSQL pools (issue 7) -----------------------------------------------------------
 # `pool` is the actor (or component) that owns it, `target` is `primary` or `replicaN`.
 
-POOL_WAIT_BUCKETS = (
-    0.0001,
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    5.0,
-)
+POOL_WAIT_BUCKETS = (0.0001, 0.0005, *LATENCY_BUCKETS[:-2])  # 100 us to 2.5 s
 
 DB_POOL_CONNECTIONS = Gauge(
     "db_pool_connections",
