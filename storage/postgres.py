@@ -130,13 +130,14 @@ async def _init_connection(conn: Connection) -> None:
             decoder=orjson.loads,
             schema="pg_catalog",
         )
-    if tracing.tracer is not None:
-        conn.add_query_logger(_statement_span)
 
 
 def _statement_span(query: LoggedQuery) -> None:
     """A client span for one statement, as asyncpg reports it just after it ran (in the
-    context of the code that ran it, so inside the actor's span). Arguments are never recorded."""
+    context of the code that ran it, so inside the actor's span). Arguments are never recorded.
+
+    asyncpg times every statement of a connection that has a query logger, so `_Acquire` adds
+    it only to connections taken inside a recorded trace, for as long as they are held."""
     tracer = tracing.tracer
     if tracer is None or not tracing.recording():
         return
@@ -200,10 +201,11 @@ async def open_pool(
         await pool.close()
 
 
-class _TimedAcquire:
-    """`async with`: a connection from `pool`; the wait for it goes to `db_pool_wait_seconds`."""
+class _Acquire:
+    """`async with`: a connection from `pool`, the wait for it observed in
+    `db_pool_wait_seconds`, its statements traced when taken inside a recorded trace."""
 
-    __slots__ = ("_conn", "_pool", "_wait")
+    __slots__ = ("_conn", "_pool", "_traced", "_wait")
 
     def __init__(self, pool: Pool, wait: Any) -> None:
         self._pool = pool
@@ -211,20 +213,26 @@ class _TimedAcquire:
 
     async def __aenter__(self) -> Connection:
         started = time.perf_counter()
-        self._conn = await self._pool.acquire()
+        self._conn = conn = await self._pool.acquire()
         self._wait.observe(time.perf_counter() - started)
-        return self._conn
+        self._traced = tracing.recording()
+        if self._traced:
+            conn.add_query_logger(_statement_span)
+        return conn
 
     async def __aexit__(self, *exc_info: object) -> None:
+        if self._traced:
+            self._conn.remove_query_logger(_statement_span)
         await self._pool.release(self._conn)
 
 
 def acquirer(pool: Pool, name: str, target: str) -> Callable[[], Any]:
-    """`pool.acquire`, timed when metrics are on: `async with acquire() as conn:`."""
-    if not metrics.enabled():
-        return pool.acquire
+    """`async with acquire() as conn:` `pool.acquire`, observed (metrics on) and traced
+    (tracing on); plain `pool.acquire` when both are off."""
     wait = metrics.child(metrics.DB_POOL_WAIT, name, target)
-    return lambda: _TimedAcquire(pool, wait)
+    if wait is metrics.NULL and tracing.tracer is None:
+        return pool.acquire
+    return lambda: _Acquire(pool, wait)
 
 
 class Database:

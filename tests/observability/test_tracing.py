@@ -44,7 +44,7 @@ def children(spans: InMemorySpanExporter, parent: ReadableSpan) -> list[Readable
     ]
 
 
-async def test_one_trace_from_the_request_through_the_actor_to_sql_and_redis(
+async def test_one_trace_from_the_request_through_the_actor_to_redis(
     traced: TestClient, spans: InMemorySpanExporter
 ) -> None:
     response = await traced.get("/readyz", headers={"X-Request-ID": "trace-me-1"})
@@ -61,21 +61,10 @@ async def test_one_trace_from_the_request_through_the_actor_to_sql_and_redis(
     [actor] = named(spans, "health CheckReadiness")
     assert actor.parent.span_id == request.context.span_id
     assert actor.attributes["actor.name"] == "health"
-
-    async def statements_reported() -> bool:  # asyncpg reports a statement just after it ran
-        return any(
-            s.attributes.get("db.system.name") == "postgresql" for s in children(spans, actor)
-        )
-
-    await eventually(statements_reported)
-    below = children(spans, actor)
-    sql = [s for s in below if s.attributes.get("db.system.name") == "postgresql"]
-    assert {s.name for s in sql} == {"SELECT"}
-    assert any(s.attributes["db.query.text"] == "SELECT 1" for s in sql)
-    assert all(s.kind is SpanKind.CLIENT and s.end_time > s.start_time for s in sql)
-    [redis] = [s for s in below if s.attributes.get("db.system.name") == "redis"]
+    [redis] = [s for s in children(spans, actor) if s.attributes.get("db.system.name") == "redis"]
     assert redis.name == "PING"
-    assert {s.context.trace_id for s in [request, actor, *below]} == {request.context.trace_id}
+    assert redis.kind is SpanKind.CLIENT
+    assert {s.context.trace_id for s in [request, actor, redis]} == {request.context.trace_id}
 
 
 async def test_a_sign_up_is_one_trace_down_to_its_inserts(
@@ -97,6 +86,8 @@ async def test_a_sign_up_is_one_trace_down_to_its_inserts(
     sql = [s for s in children(spans, actor) if s.attributes.get("db.system.name") == "postgresql"]
     assert any(s.attributes["db.query.text"].startswith("INSERT INTO users") for s in sql)
     assert {"BEGIN", "INSERT", "COMMIT"} <= {s.name for s in sql}
+    assert all(s.kind is SpanKind.CLIENT and s.end_time > s.start_time for s in sql)
+    assert all(s.attributes["db.namespace"] and s.attributes["server.port"] for s in sql)
     everything = spans.get_finished_spans()
     assert {s.context.trace_id for s in everything} == {request.context.trace_id}
     assert password not in str([s.attributes for s in everything])  # arguments never recorded
@@ -137,6 +128,9 @@ async def sampled_at(
 async def test_sampling_respects_the_caller(sampled_at) -> None:
     client, exporter = await sampled_at(0.0)
     assert (await client.get("/readyz")).status == 200
+    account = {"email": f"u-{secrets.token_hex(4)}@example.com", "password": "P-" + "x" * 12}
+    response = await client.post("/api/v1/auth/register", json={**account, "name": "U"})
+    assert response.status == 201
     assert exporter.get_finished_spans() == ()  # not sampled: nothing below either
     sampled = f"00-{TRACE_ID}-{PARENT_ID}-01"
     assert (await client.get("/livez", headers={"traceparent": sampled})).status == 200
