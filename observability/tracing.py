@@ -13,7 +13,8 @@ What makes spans where:
 
 * HTTP: `server.middleware.traced`, a server span per request named `METHOD /route/{template}`;
 * actors: `actors.runtime`, a span per message handled, in the sender's trace;
-* SQL: `storage.postgres`, a client span per statement (asyncpg's query logger);
+* SQL: `storage.postgres`, a client span per statement on a `Database` connection (asyncpg's
+  query logger, on connections taken inside a recorded trace);
 * Redis: `storage.redis.TracedRedis`, a client span per command or pipeline;
 * jobs: the enqueuing side puts `inject()` into the job's labels; the worker continues the
   trace with `span(name, context=extract(labels), kind=SpanKind.CONSUMER, root=True)`.
