@@ -15,12 +15,12 @@ test: $(STAMP) prometheus-tools
 	$(BIN)/pytest
 
 # promtool and prometheus (Debian's `prometheus` package): the alert-rule and real-scrape tests.
+APT := $(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get -q
 prometheus-tools:
 	@command -v promtool >/dev/null && command -v prometheus >/dev/null || \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus \
-			>/dev/null 2>&1 || \
-		{ apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive \
-			apt-get install -y -q --no-install-recommends prometheus >/dev/null; } || \
+		$(APT) install -y --no-install-recommends prometheus >/dev/null 2>&1 || \
+		{ $(APT) update >/dev/null && \
+			$(APT) install -y --no-install-recommends prometheus >/dev/null; } || \
 		{ echo "the tests need promtool and prometheus: apt-get install prometheus"; exit 1; }
 
 bench: $(STAMP)
