@@ -108,6 +108,11 @@ class Settings(BaseSettings):
     admin_password: SecretStr | None = None
     read_your_writes_seconds: float = Field(5.0, ge=0, le=3600)
 
+    # -- catalog cache (issue 3) --
+    catalog_cache_seconds: float = Field(300.0, gt=0, description="Redis cache entry lifetime")
+    catalog_near_cache_seconds: float = Field(60.0, gt=0, description="in-process entry lifetime")
+    catalog_near_cache_size: int = Field(10_000, ge=1, description="in-process entries per kind")
+
     @field_validator("database_replica_urls", "cors_origins", mode="before")
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from actors import ActorSystem
 from actors.accounts import ACCOUNTS, Accounts
+from actors.catalog import CATALOG, Catalog
 from actors.health import HEALTH, HealthMonitor
 from actors.sessions import SESSIONS, Sessions
 from actors.tokens import AccessTokens
@@ -20,7 +21,7 @@ from config import Settings
 from observability.logging import AccessLog
 from server.access import authenticate, authorize, check_routes
 from server.middleware import limits, observe, problem_details, security_headers
-from server.routes import admin, auth, operations
+from server.routes import admin, auth, catalog, operations
 from server.routing import install
 from server.state import ACTORS, LIFECYCLE, SETTINGS, Lifecycle
 from storage.postgres import ReplicaSet
@@ -57,7 +58,7 @@ async def create_app(settings: Settings) -> web.Application:
         app.on_cleanup.append(lambda app: _flush(access_log))
 
     install(app, operations.routes)
-    install(app, auth.routes, admin.routes)
+    install(app, auth.routes, admin.routes, catalog.routes)
     app.on_startup.append(check_routes)
     allow_cors(app, settings.cors_origins)
     app.on_response_prepare.append(security_headers(hsts_seconds=settings.hsts_seconds))
@@ -78,6 +79,11 @@ async def actors(app: web.Application) -> AsyncIterator[None]:
             ACCOUNTS,
             lambda: Accounts(settings, tokens, replicas, sessions),
             concurrency=settings.db_pool_size,
+        )
+        await system.spawn(  # cache hits never wait on a pool; misses are bounded by them
+            CATALOG,
+            lambda: Catalog(settings, replicas, sessions),
+            concurrency=settings.db_pool_size + settings.redis_pool_size,
         )
         yield
 

@@ -15,12 +15,21 @@ the replicas that have not replayed that far, using the primary meanwhile.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Final, Generic, ParamSpec, TypeVar
 
 from redis.asyncio import Redis
 
-from storage.postgres import Database, Query, format_lsn, parse_lsn, primary_position
+from storage.postgres import (
+    Database,
+    Query,
+    format_lsn,
+    parse_lsn,
+    primary_position,
+    read_floor,
+)
 from storage.redis import Keys
 
 P = ParamSpec("P")
@@ -95,3 +104,13 @@ async def write_with_position(
         async with conn.transaction():
             result = await query(conn, *args, **kwargs)
         return result, await primary_position(conn)
+
+
+@contextmanager
+def reading_after(position: int) -> Iterator[None]:
+    """Reads inside see at least WAL `position` (and whatever floor was already set)."""
+    token = read_floor.set(max(read_floor.get(), position))
+    try:
+        yield
+    finally:
+        read_floor.reset(token)

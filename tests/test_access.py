@@ -31,6 +31,8 @@ PUBLIC_ROUTES = {
     ("POST", "/api/v1/auth/register"),
     ("POST", "/api/v1/auth/login"),
     ("POST", "/api/v1/auth/refresh"),
+    ("GET", "/api/v1/products"),
+    ("GET", "/api/v1/products/{product_id}"),
 }
 
 # Path parameter values that pass validation but name nothing that exists.
