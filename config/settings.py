@@ -112,6 +112,7 @@ class Settings(BaseSettings):
     catalog_cache_seconds: float = Field(300.0, gt=0, description="Redis cache entry lifetime")
     catalog_near_cache_seconds: float = Field(60.0, gt=0, description="in-process entry lifetime")
     catalog_near_cache_size: int = Field(10_000, ge=1, description="in-process entries per kind")
+    idempotency_key_hours: int = Field(24, ge=1, le=24 * 30, description="keys kept at least")
 
     @field_validator("database_replica_urls", "cors_origins", mode="before")
     @classmethod

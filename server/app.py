@@ -15,13 +15,14 @@ from actors import ActorSystem
 from actors.accounts import ACCOUNTS, Accounts
 from actors.catalog import CATALOG, Catalog
 from actors.health import HEALTH, HealthMonitor
+from actors.orders import ORDERS, Orders
 from actors.sessions import SESSIONS, Sessions
 from actors.tokens import AccessTokens
 from config import Settings
 from observability.logging import AccessLog
 from server.access import authenticate, authorize, check_routes
 from server.middleware import limits, observe, problem_details, security_headers
-from server.routes import admin, auth, catalog, operations
+from server.routes import admin, auth, catalog, operations, orders
 from server.routing import install
 from server.state import ACTORS, LIFECYCLE, SETTINGS, Lifecycle
 from storage.postgres import ReplicaSet
@@ -58,7 +59,7 @@ async def create_app(settings: Settings) -> web.Application:
         app.on_cleanup.append(lambda app: _flush(access_log))
 
     install(app, operations.routes)
-    install(app, auth.routes, admin.routes, catalog.routes)
+    install(app, auth.routes, admin.routes, catalog.routes, orders.routes)
     app.on_startup.append(check_routes)
     allow_cors(app, settings.cors_origins)
     app.on_response_prepare.append(security_headers(hsts_seconds=settings.hsts_seconds))
@@ -80,10 +81,15 @@ async def actors(app: web.Application) -> AsyncIterator[None]:
             lambda: Accounts(settings, tokens, replicas, sessions),
             concurrency=settings.db_pool_size,
         )
-        await system.spawn(  # cache hits never wait on a pool; misses are bounded by them
+        catalog = await system.spawn(  # cache hits wait on no pool; misses are bounded by them
             CATALOG,
             lambda: Catalog(settings, replicas, sessions),
             concurrency=settings.db_pool_size + settings.redis_pool_size,
+        )
+        await system.spawn(
+            ORDERS,
+            lambda: Orders(settings, replicas, sessions, catalog),
+            concurrency=settings.db_pool_size,
         )
         yield
 

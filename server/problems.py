@@ -42,6 +42,14 @@ PROBLEMS: dict[type[BaseException], Problem] = {
     errors.PermissionDenied: Problem(403, "forbidden", "Forbidden"),
     errors.NotFound: Problem(404, "not-found", "Not found"),
     errors.Conflict: Problem(409, "conflict", "Conflict"),
+    errors.OutOfStock: Problem(409, "out-of-stock", "Not enough stock"),
+    errors.IllegalTransition: Problem(409, "illegal-transition", "Not allowed in this status"),
+    errors.IdempotencyKeyInUse: Problem(
+        409, "idempotency-key-in-use", "A request with this key is in progress", retry=True
+    ),
+    errors.IdempotencyKeyReused: Problem(
+        422, "idempotency-key-reused", "Idempotency-Key reused for another request"
+    ),
     errors.Overloaded: Problem(503, "overloaded", "Service overloaded", retry=True),
     errors.ActorStopped: Problem(503, "unavailable", "Service unavailable", retry=True),
     errors.DependencyUnavailable: Problem(

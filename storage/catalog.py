@@ -14,6 +14,7 @@ from typing import Any, Final
 import asyncpg
 
 from storage.postgres import Connection
+from storage.sql import Params
 
 Record = asyncpg.Record
 
@@ -127,12 +128,7 @@ async def products_page(
 def _listing(
     filters: Filters, sort: Sort, after: tuple[Any, int] | None, limit: int
 ) -> tuple[str, list[Any]]:
-    args: list[Any] = []
-
-    def param(value: Any) -> str:
-        args.append(value)
-        return f"${len(args)}"
-
+    param = Params()
     where = ["deleted_at IS NULL"]
     if not filters.include_inactive:
         where.append("active")
@@ -157,7 +153,7 @@ def _listing(
         f"SELECT {COLUMNS} FROM products WHERE {' AND '.join(where)} "  # noqa: S608 - fixed fragments
         f"ORDER BY {order} {direction} LIMIT {param(limit)}"
     )
-    return sql, args
+    return sql, param.values
 
 
 def _contains(text: str) -> str:

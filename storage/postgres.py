@@ -160,6 +160,10 @@ class Database:
         self.replica_set = replica_set
         self._on_replica = metrics.DB_READS.labels("replica")
         self._on_primary = metrics.DB_READS.labels("primary")
+        self._floored = {
+            True: metrics.READS_AFTER_WRITE.labels("replica"),
+            False: metrics.READS_AFTER_WRITE.labels("primary"),
+        }
 
     @classmethod
     @asynccontextmanager
@@ -201,7 +205,10 @@ class Database:
 
     async def read(self, query: Query[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run `query(conn, ...)` on a healthy replica, or on the primary when none will do."""
-        index = self.replica_set.pick(read_floor.get())
+        floor = read_floor.get()
+        index = self.replica_set.pick(floor)
+        if floor:
+            self._floored[index is not None].inc()
         if index is not None:
             try:
                 async with self._replicas[index].acquire() as conn:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from aiohttp import web
-from pydantic import EmailStr, Field, StringConstraints
+from pydantic import EmailStr, Field
 
 from actors.accounts import (
     ACCOUNTS,
@@ -17,6 +17,7 @@ from actors.accounts import (
     TokenPair,
     User,
 )
+from server.fields import Name
 from server.freshness import written
 from server.routing import PUBLIC, Input, Reply, Routes
 from server.state import ACTORS, PRINCIPAL
@@ -24,7 +25,6 @@ from server.state import ACTORS, PRINCIPAL
 routes = Routes("/api/v1", tag="auth")
 
 Email = Annotated[EmailStr, Field(max_length=254)]
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 Secret = {"format": "password", "writeOnly": True}
 NewPassword = Annotated[
     str, Field(min_length=8, max_length=256, repr=False, json_schema_extra=Secret)

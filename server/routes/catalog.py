@@ -20,6 +20,7 @@ from actors.catalog import (
 )
 from actors.errors import PermissionDenied
 from actors.pages import Page, decode_cursor, foreign_cursor, integer, text
+from server.fields import Cursor, Id, Limit, Name
 from server.freshness import written
 from server.routing import PUBLIC, Input, Reply, Routes
 from server.state import ACTORS, PRINCIPAL
@@ -29,20 +30,18 @@ routes = Routes("/api/v1", tag="catalog")
 
 WRITE = "catalog:write"
 
-ProductId = Annotated[int, Field(gt=0, le=2**63 - 1)]
 Sku = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
-ProductName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 Description = Annotated[str, Field(max_length=5000)]
 Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
 # Money is an integer number of minor units (cents). Strict: 9.99 or "999" is refused.
-MinorUnits = Annotated[int, Field(strict=True, ge=0, le=10**15)]
+MinorUnits = Annotated[int, Field(strict=True, ge=0, le=10**12)]
 Stock = Annotated[int, Field(strict=True, ge=0, le=2**31 - 1)]
 SortName = Literal["newest", "oldest", "price_asc", "price_desc", "name_asc", "name_desc"]
 
 
 class NewProduct(Input):
     sku: Sku
-    name: ProductName
+    name: Name
     description: Description = ""
     price_minor: MinorUnits
     currency: Currency
@@ -51,7 +50,7 @@ class NewProduct(Input):
 
 
 class ProductChanges(Input):
-    name: ProductName | None = None
+    name: Name | None = None
     description: Description | None = None
     price_minor: MinorUnits | None = None
     currency: Currency | None = None
@@ -72,14 +71,14 @@ class ProductQuery(Input):
         Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
         | None
     ) = None
-    min_price: Annotated[int, Field(ge=0, le=10**15)] | None = None
-    max_price: Annotated[int, Field(ge=0, le=10**15)] | None = None
+    min_price: Annotated[int, Field(ge=0, le=10**12)] | None = None
+    max_price: Annotated[int, Field(ge=0, le=10**12)] | None = None
     in_stock: bool | None = None
     currency: Currency | None = None
     include_inactive: bool = False
     sort: SortName = "newest"
-    cursor: Annotated[str, Field(min_length=1, max_length=400)] | None = None
-    limit: Annotated[int, Field(ge=1, le=100)] = 20
+    cursor: Cursor | None = None
+    limit: Limit = 20
 
     @field_validator("max_price")
     @classmethod
@@ -117,7 +116,7 @@ async def list_products(request: web.Request, query: ProductQuery) -> Reply[Page
 
 
 @routes.get("/products/{product_id}", access=PUBLIC)
-async def get_product(request: web.Request, product_id: ProductId) -> Reply[Product]:
+async def get_product(request: web.Request, product_id: Id) -> Reply[Product]:
     """One product."""
     return Reply(await request.app[ACTORS][CATALOG].ask(GetProduct(product_id)))
 
@@ -131,7 +130,7 @@ async def create_product(request: web.Request, body: NewProduct) -> Reply[Produc
 
 @routes.patch("/products/{product_id}", access=WRITE)
 async def update_product(
-    request: web.Request, product_id: ProductId, body: ProductChanges
+    request: web.Request, product_id: Id, body: ProductChanges
 ) -> Reply[Product]:
     """Change some of a product's fields (`stock` sets the count on hand)."""
     message = UpdateProduct(request[PRINCIPAL], product_id, body.model_dump(exclude_unset=True))
@@ -139,7 +138,7 @@ async def update_product(
 
 
 @routes.delete("/products/{product_id}", access=WRITE, status=204)
-async def delete_product(request: web.Request, product_id: ProductId) -> Reply[None]:
+async def delete_product(request: web.Request, product_id: Id) -> Reply[None]:
     """Remove a product from the catalog (its orders keep it)."""
     result = await request.app[ACTORS][CATALOG].ask(DeleteProduct(request[PRINCIPAL], product_id))
     return written(result)
