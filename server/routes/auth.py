@@ -19,6 +19,7 @@ from actors.accounts import (
 )
 from server.fields import Name
 from server.freshness import written
+from server.ratelimit import LIMITER, account_key
 from server.routing import PUBLIC, Input, Reply, Routes
 from server.state import ACTORS, PRINCIPAL
 
@@ -50,7 +51,7 @@ class RefreshRequest(Input):
     refresh_token: RefreshToken
 
 
-@routes.post("/auth/register", access=PUBLIC, status=201)
+@routes.post("/auth/register", access=PUBLIC, status=201, rate_limit="auth")
 async def register(request: web.Request, body: Registration) -> Reply[User]:
     """Create a customer account. A taken e-mail address is 409."""
     return written(
@@ -60,15 +61,19 @@ async def register(request: web.Request, body: Registration) -> Reply[User]:
     )
 
 
-@routes.post("/auth/login", access=PUBLIC)
+@routes.post("/auth/login", access=PUBLIC, rate_limit="auth")
 async def login(request: web.Request, body: Credentials) -> TokenPair:
     """Exchange e-mail and password for an access token and a refresh token.
 
-    A wrong password and an unknown address get the same 401, after the same work."""
+    A wrong password and an unknown address get the same 401, after the same work. Attempts
+    against one account are limited wherever they come from (`login-account` policy)."""
+    limiter = request.app.get(LIMITER)
+    if limiter is not None:
+        await limiter.charge(request, "login-account", identity=account_key(body.email))
     return await request.app[ACTORS][ACCOUNTS].ask(Login(body.email, body.password))
 
 
-@routes.post("/auth/refresh", access=PUBLIC)
+@routes.post("/auth/refresh", access=PUBLIC, rate_limit="auth")
 async def refresh(request: web.Request, body: RefreshRequest) -> TokenPair:
     """Exchange a refresh token for a new pair. Each refresh token works once: presenting
     a used one again revokes its whole session (401)."""
