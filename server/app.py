@@ -23,7 +23,7 @@ from observability.logging import AccessLog
 from server.access import authenticate, authorize, check_routes
 from server.middleware import limits, observe, problem_details, security_headers
 from server.ratelimit import LIMITER, RateLimiter, quota_headers, rate_limit
-from server.routes import admin, auth, catalog, operations, orders
+from server.routes import admin, auth, catalog, docs, operations, orders
 from server.routing import install
 from server.state import ACTORS, LIFECYCLE, SETTINGS, Lifecycle
 from storage.postgres import ReplicaSet
@@ -74,6 +74,8 @@ async def create_app(settings: Settings) -> web.Application:
 
     install(app, operations.routes)
     install(app, auth.routes, admin.routes, catalog.routes, orders.routes)
+    install(app, docs.routes)
+    docs.setup(app)
     app.on_startup.append(check_routes)
     allow_cors(app, settings.cors_origins)
     app.on_response_prepare.append(security_headers(hsts_seconds=settings.hsts_seconds))

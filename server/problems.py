@@ -8,7 +8,6 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 import pydantic
 from aiohttp import web
 
@@ -63,6 +62,25 @@ _UNAVAILABLE = PROBLEMS[errors.DependencyUnavailable]
 _INTERNAL = Problem(500, "internal", "Internal server error")
 
 
+class FieldIssue(pydantic.BaseModel):
+    field: str
+    message: str
+
+
+class ProblemDetails(pydantic.BaseModel):
+    """An error, as RFC 9457 describes it. `type` names the kind of problem (`GET` it for a
+    description); validation problems list each bad field in `errors`."""
+
+    model_config = pydantic.ConfigDict(extra="allow")
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    errors: list[FieldIssue] | None = None
+    request_id: str | None = None
+
+
 def problem_response(
     problem: Problem,
     detail: str,
@@ -71,15 +89,18 @@ def problem_response(
     headers: dict[str, str] | None = None,
     **extra: Any,
 ) -> web.Response:
-    body = {
-        "type": f"/problems/{problem.slug}",
-        "title": problem.title,
-        "status": problem.status,
-        "detail": detail,
+    body = ProblemDetails(
+        type=f"/problems/{problem.slug}",
+        title=problem.title,
+        status=problem.status,
+        detail=detail,
         **extra,
-    }
+    )
     response = web.Response(
-        body=orjson.dumps(body), status=problem.status, content_type=PROBLEM_JSON, headers=headers
+        body=body.__pydantic_serializer__.to_json(body, exclude_none=True),
+        status=problem.status,
+        content_type=PROBLEM_JSON,
+        headers=headers,
     )
     if problem.retry:
         response.headers["Retry-After"] = str(retry_after)

@@ -22,7 +22,7 @@ from actors.accounts import (
 )
 from actors.pages import Page, decode_cursor, integer, timestamp
 from server.fields import Cursor, Id, Limit, Name
-from server.freshness import written
+from server.freshness import READ_AFTER, written
 from server.routing import Input, Reply, Routes
 from server.state import ACTORS, PRINCIPAL
 
@@ -71,14 +71,24 @@ async def get_user(request: web.Request, user_id: Id) -> User:
     return await request.app[ACTORS][ACCOUNTS].ask(GetUser(user_id))
 
 
-@routes.patch("/users/{user_id}", access="users:manage")
+@routes.patch(
+    "/users/{user_id}",
+    access="users:manage",
+    response_headers=READ_AFTER,
+    errors={409: "The change would leave no active admin"},
+)
 async def update_user(request: web.Request, user_id: Id, body: UserChanges) -> Reply[User]:
     """Rename or (de)activate an account. Deactivation ends all its sessions at once."""
     change = UpdateUser(request[PRINCIPAL], user_id, name=body.name, active=body.active)
     return written(await request.app[ACTORS][ACCOUNTS].ask(change))
 
 
-@routes.put("/users/{user_id}/roles", access="users:manage")
+@routes.put(
+    "/users/{user_id}/roles",
+    access="users:manage",
+    response_headers=READ_AFTER,
+    errors={409: "The change would leave no active admin"},
+)
 async def set_roles(request: web.Request, user_id: Id, body: RoleAssignment) -> Reply[User]:
     """Replace an account's roles. Its live access tokens stop working; the next refresh
     carries the new roles. Removing the last active admin is 409."""

@@ -18,7 +18,7 @@ from actors.accounts import (
     User,
 )
 from server.fields import Name
-from server.freshness import written
+from server.freshness import READ_AFTER, written
 from server.ratelimit import LIMITER, account_key
 from server.routing import PUBLIC, Input, Reply, Routes
 from server.state import ACTORS, PRINCIPAL
@@ -51,7 +51,14 @@ class RefreshRequest(Input):
     refresh_token: RefreshToken
 
 
-@routes.post("/auth/register", access=PUBLIC, status=201, rate_limit="auth")
+@routes.post(
+    "/auth/register",
+    access=PUBLIC,
+    status=201,
+    rate_limit="auth",
+    response_headers=READ_AFTER,
+    errors={409: "An account with this e-mail address exists"},
+)
 async def register(request: web.Request, body: Registration) -> Reply[User]:
     """Create a customer account. A taken e-mail address is 409."""
     return written(
@@ -61,7 +68,12 @@ async def register(request: web.Request, body: Registration) -> Reply[User]:
     )
 
 
-@routes.post("/auth/login", access=PUBLIC, rate_limit="auth")
+@routes.post(
+    "/auth/login",
+    access=PUBLIC,
+    rate_limit="auth",
+    errors={401: "Wrong e-mail address or password (the same answer for both)"},
+)
 async def login(request: web.Request, body: Credentials) -> TokenPair:
     """Exchange e-mail and password for an access token and a refresh token.
 
@@ -73,7 +85,12 @@ async def login(request: web.Request, body: Credentials) -> TokenPair:
     return await request.app[ACTORS][ACCOUNTS].ask(Login(body.email, body.password))
 
 
-@routes.post("/auth/refresh", access=PUBLIC, rate_limit="auth")
+@routes.post(
+    "/auth/refresh",
+    access=PUBLIC,
+    rate_limit="auth",
+    errors={401: "Invalid, expired or already used (its session is then revoked)"},
+)
 async def refresh(request: web.Request, body: RefreshRequest) -> TokenPair:
     """Exchange a refresh token for a new pair. Each refresh token works once: presenting
     a used one again revokes its whole session (401)."""

@@ -21,7 +21,7 @@ from actors.catalog import (
 from actors.errors import PermissionDenied
 from actors.pages import Page, decode_cursor, foreign_cursor, integer, text
 from server.fields import Cursor, Id, Limit, Name
-from server.freshness import written
+from server.freshness import READ_AFTER, written
 from server.routing import PUBLIC, Input, Reply, Routes
 from server.state import ACTORS, PRINCIPAL
 from storage import catalog
@@ -89,7 +89,7 @@ class ProductQuery(Input):
         return value
 
 
-@routes.get("/products", access=PUBLIC)
+@routes.get("/products", access=PUBLIC, errors={403: "`include_inactive` without staff rights"})
 async def list_products(request: web.Request, query: ProductQuery) -> Reply[Page[Product]]:
     """Products, a page at a time (keyset: follow `next_cursor`), filtered by name text
     (`q`), price range in minor units, stock and currency, in one of several orders.
@@ -121,14 +121,20 @@ async def get_product(request: web.Request, product_id: Id) -> Reply[Product]:
     return Reply(await request.app[ACTORS][CATALOG].ask(GetProduct(product_id)))
 
 
-@routes.post("/products", access=WRITE, status=201)
+@routes.post(
+    "/products",
+    access=WRITE,
+    status=201,
+    response_headers=READ_AFTER,
+    errors={409: "A live product has this SKU"},
+)
 async def create_product(request: web.Request, body: NewProduct) -> Reply[Product]:
     """Add a product. A SKU that a live product already has is 409."""
     message = CreateProduct(request[PRINCIPAL], body.model_dump())
     return written(await request.app[ACTORS][CATALOG].ask(message))
 
 
-@routes.patch("/products/{product_id}", access=WRITE)
+@routes.patch("/products/{product_id}", access=WRITE, response_headers=READ_AFTER)
 async def update_product(
     request: web.Request, product_id: Id, body: ProductChanges
 ) -> Reply[Product]:
@@ -137,7 +143,7 @@ async def update_product(
     return written(await request.app[ACTORS][CATALOG].ask(message))
 
 
-@routes.delete("/products/{product_id}", access=WRITE, status=204)
+@routes.delete("/products/{product_id}", access=WRITE, status=204, response_headers=READ_AFTER)
 async def delete_product(request: web.Request, product_id: Id) -> Reply[None]:
     """Remove a product from the catalog (its orders keep it)."""
     result = await request.app[ACTORS][CATALOG].ask(DeleteProduct(request[PRINCIPAL], product_id))

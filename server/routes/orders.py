@@ -22,7 +22,7 @@ from actors.orders import (
 )
 from actors.pages import Page, decode_cursor, integer
 from server.fields import Cursor, Id, Limit, StrictId
-from server.freshness import written
+from server.freshness import READ_AFTER, written
 from server.routing import Input, Reply, Routes
 from server.state import ACTORS, PRINCIPAL
 from storage.freshness import HEADER, header_value
@@ -63,7 +63,22 @@ class StatusRequest(Input):
     note: Annotated[str, Field(max_length=500)] | None = None
 
 
-@routes.post("/orders", access="orders:place", status=201)
+@routes.post(
+    "/orders",
+    access="orders:place",
+    status=201,
+    headers={IDEMPOTENCY_KEY: "Makes retries safe: the same key and body get the first answer"},
+    response_headers={
+        **READ_AFTER,
+        "Idempotent-Replayed": "`true` when this is the stored answer to an earlier request",
+    },
+    errors={
+        409: "Not enough stock (`out-of-stock`), a product not for sale, or a request with "
+        "the same Idempotency-Key still running (`idempotency-key-in-use`)",
+        422: "Invalid input, an unknown product, mixed currencies, or an Idempotency-Key "
+        "used for another request (`idempotency-key-reused`)",
+    },
+)
 async def place_order(request: web.Request, body: NewOrder) -> Reply[Order]:
     """Place an order: its stock is taken and the order written in one transaction; not
     enough stock is 409 and changes nothing. With an `Idempotency-Key` header, a retry of
@@ -98,14 +113,24 @@ async def get_order(request: web.Request, order_id: Id) -> Order:
     return await request.app[ACTORS][ORDERS].ask(GetOrder(request[PRINCIPAL], order_id))
 
 
-@routes.post("/orders/{order_id}/cancel", access="orders:place")
+@routes.post(
+    "/orders/{order_id}/cancel",
+    access="orders:place",
+    response_headers=READ_AFTER,
+    errors={409: "Too late to cancel (`illegal-transition`)"},
+)
 async def cancel_order(request: web.Request, order_id: Id) -> Reply[Order]:
     """Cancel an order before it ships; its stock goes back. Too late is 409."""
     change = ChangeStatus(request[PRINCIPAL], order_id, "cancelled")
     return written(await request.app[ACTORS][ORDERS].ask(change))
 
 
-@routes.post("/orders/{order_id}/status", access="orders:manage")
+@routes.post(
+    "/orders/{order_id}/status",
+    access="orders:manage",
+    response_headers=READ_AFTER,
+    errors={409: "Not a move the status machine allows (`illegal-transition`)"},
+)
 async def change_status(request: web.Request, order_id: Id, body: StatusRequest) -> Reply[Order]:
     """Move an order along: pending -> paid -> shipped -> delivered; cancelled from pending
     or paid, refunded after delivery (both return the stock). Any other move is 409."""
