@@ -30,6 +30,7 @@ from typing import Any, Literal
 import asyncpg
 from pydantic import BaseModel
 
+from actors import pools
 from actors.access import ADMIN, CUSTOMER, permissions_of
 from actors.errors import Conflict, NotFound, Unauthenticated
 from actors.identity import Principal
@@ -202,15 +203,7 @@ class Accounts(Actor):
     async def on_start(self) -> None:
         s = self.settings
         self.db = await self._stack.enter_async_context(
-            Database.open(
-                s.primary_dsn,
-                s.replica_dsns,
-                self.replicas,
-                name="accounts",
-                size=s.db_pool_size,
-                connect_timeout=s.db_connect_timeout,
-                command_timeout=s.db_command_timeout,
-            )
+            pools.database(s, self.replicas, "accounts")
         )
         self.passwords = Passwords.from_settings(s)
         self._stack.callback(self.passwords.close)

@@ -18,6 +18,7 @@ from typing import Any
 import asyncpg
 from pydantic import BaseModel
 
+from actors import pools
 from actors.errors import Conflict, NotFound
 from actors.identity import Principal
 from actors.pages import page_of
@@ -30,7 +31,7 @@ from storage import audit, catalog
 from storage.catalog_cache import TOMBSTONE, CatalogCache
 from storage.freshness import Written, reading_after, write_with_position
 from storage.postgres import Connection, Database, ReplicaSet, read_floor
-from storage.redis import Keys, open_redis
+from storage.redis import Keys
 
 
 class Product(BaseModel):
@@ -119,20 +120,8 @@ class Catalog(Actor):
 
     async def on_start(self) -> None:
         s = self.settings
-        self.db = await self._stack.enter_async_context(
-            Database.open(
-                s.primary_dsn,
-                s.replica_dsns,
-                self.replicas,
-                name="catalog",
-                size=s.db_pool_size,
-                connect_timeout=s.db_connect_timeout,
-                command_timeout=s.db_command_timeout,
-            )
-        )
-        redis = await self._stack.enter_async_context(
-            open_redis(s.redis_dsn, name="catalog", size=s.redis_pool_size)
-        )
+        self.db = await self._stack.enter_async_context(pools.database(s, self.replicas, "catalog"))
+        redis = await self._stack.enter_async_context(pools.redis(s, "catalog"))
         self.cache = CatalogCache(
             redis,
             Keys(s.redis_namespace),

@@ -25,10 +25,12 @@ from typing import Any, Final, Literal
 import asyncpg
 from pydantic import BaseModel, computed_field
 
+from actors import pools
 from actors.access import permits
 from actors.catalog import Catalog, ProductsChanged
 from actors.errors import (
     Conflict,
+    DomainError,
     FieldError,
     IdempotencyKeyInUse,
     IdempotencyKeyReused,
@@ -45,7 +47,7 @@ from actors.system import ActorKey
 from config import Settings
 from observability import metrics
 from storage import idempotency, orders
-from storage.freshness import Written, write_with_position
+from storage.freshness import Written, run_with_position, write_with_position
 from storage.postgres import Connection, Database, ReplicaSet
 
 log = logging.getLogger("backend.orders")
@@ -179,17 +181,7 @@ class Orders(Actor):
 
     async def on_start(self) -> None:
         s = self.settings
-        self.db = await self._stack.enter_async_context(
-            Database.open(
-                s.primary_dsn,
-                s.replica_dsns,
-                self.replicas,
-                name="orders",
-                size=s.db_pool_size,
-                connect_timeout=s.db_connect_timeout,
-                command_timeout=s.db_command_timeout,
-            )
-        )
+        self.db = await self._stack.enter_async_context(pools.database(s, self.replicas, "orders"))
         self._upkeep = asyncio.create_task(self._forget_old_keys(), name="orders:upkeep")
 
     async def on_stop(self) -> None:
@@ -203,13 +195,13 @@ class Orders(Actor):
     @handler
     async def place(self, message: PlaceOrder) -> Placed:
         try:
-            outcome, position = await write_with_position(self.db, self._place, message)
+            outcome, position = await run_with_position(self.db, self._place, message)
         except asyncpg.UniqueViolationError as error:
             if error.constraint_name != "idempotency_keys_pkey":
                 raise
             # Another request with this key got past the lookup at the same moment and
             # committed first; this one rolled back. Now the lookup finds its answer.
-            outcome, position = await write_with_position(self.db, self._place, message)
+            outcome, position = await run_with_position(self.db, self._place, message)
         user_id = message.principal.user_id
         if outcome.replayed:
             self._replayed.inc()
@@ -221,9 +213,11 @@ class Orders(Actor):
         return Placed(outcome.body, position, outcome.replayed)
 
     async def _place(self, conn: Connection, message: PlaceOrder) -> _Outcome:
-        user_id = int(message.principal.user_id)
         key = message.idempotency
-        if key is not None:
+        if key is None:
+            return await _take_stock(conn, message)  # one statement: atomic by itself
+        user_id = int(message.principal.user_id)
+        async with conn.transaction():
             if not await idempotency.lock(conn, user_id, IDEMPOTENCY_SCOPE, key.key):
                 raise IdempotencyKeyInUse("a request with this Idempotency-Key is in progress")
             stored = await idempotency.lookup(conn, user_id, IDEMPOTENCY_SCOPE, key.key)
@@ -234,13 +228,7 @@ class Orders(Actor):
                         [FieldError("Idempotency-Key", "already used for a different request")],
                     )
                 return _Outcome(stored["response"], replayed=True)
-        product_ids = [product_id for product_id, _ in message.lines]
-        quantities = [quantity for _, quantity in message.lines]
-        row = await orders.place(conn, user_id, product_ids, quantities)
-        if row["id"] is None:
-            await _refuse(conn, message.lines, row)
-        body = Order.of(row).model_dump_json(exclude={"history"}).encode()
-        if key is not None:
+            outcome = await _take_stock(conn, message)
             await idempotency.remember(
                 conn,
                 user_id,
@@ -248,9 +236,9 @@ class Orders(Actor):
                 key.key,
                 request_hash=key.request_hash,
                 status=201,
-                response=body,
+                response=outcome.body,
             )
-        return _Outcome(body, replayed=False)
+            return outcome
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -318,37 +306,44 @@ def _may_see(principal: Principal, owner_id: int) -> bool:
     return int(principal.user_id) == owner_id or permits(principal.roles, MANAGE)
 
 
-async def _refuse(conn: Connection, lines: tuple[tuple[int, int], ...], row: Any) -> None:
-    """Say why an order could not be placed (the caller's transaction then rolls back)."""
-    reserved = set(row["reserved"])
-    wanted = [(index, product_id, qty) for index, (product_id, qty) in enumerate(lines)]
-    live = {
-        found["id"]: found
-        for found in await orders.availability(conn, [product_id for _, product_id, _ in wanted])
-    }
+async def _take_stock(conn: Connection, message: PlaceOrder) -> _Outcome:
+    product_ids = [product_id for product_id, _ in message.lines]
+    quantities = [quantity for _, quantity in message.lines]
+    try:
+        row = await orders.place(conn, int(message.principal.user_id), product_ids, quantities)
+    except asyncpg.CheckViolationError as error:  # the database's last word on stock >= 0
+        if error.constraint_name != "products_stock_nonnegative":
+            raise
+        raise OutOfStock("not enough stock") from None
+    if row["id"] is None:
+        raise _refusal(message.lines, row)
+    return _Outcome(Order.of(row).model_dump_json(exclude={"history"}).encode(), replayed=False)
+
+
+def _refusal(lines: tuple[tuple[int, int], ...], row: Any) -> DomainError:
+    """Why an order was not placed, from what the attempt found (nothing was changed)."""
+    found = {product["id"]: product for product in row["found"]}
     unknown = [
         FieldError(f"items.{index}.product_id", f"no product {product_id}")
-        for index, product_id, _ in wanted
-        if product_id not in live
+        for index, (product_id, _) in enumerate(lines)
+        if product_id not in found
     ]
     if unknown:
-        raise InvalidInput("the order names products that do not exist", unknown)
-    off_sale = [product_id for _, product_id, _ in wanted if not live[product_id]["active"]]
+        return InvalidInput("the order names products that do not exist", unknown)
+    off_sale = [product_id for product_id, _ in lines if not found[product_id]["active"]]
     if off_sale:
-        raise Conflict(f"not for sale: products {', '.join(map(str, off_sale))}")
+        return Conflict(f"not for sale: products {', '.join(map(str, off_sale))}")
     short = [
-        f"product {product_id}: {live[product_id]['stock']} in stock, {qty} wanted"
-        for _, product_id, qty in wanted
-        if product_id not in reserved and live[product_id]["stock"] < qty
+        f"product {product_id}: {found[product_id]['stock']} in stock, {quantity} wanted"
+        for product_id, quantity in lines
+        if found[product_id]["stock"] < quantity
     ]
     if short:
-        raise OutOfStock("not enough stock: " + "; ".join(short))
-    if row["currencies"] > 1:
-        raise InvalidInput(
-            "the items are priced in different currencies",
-            [FieldError("items", "order products of one currency at a time")],
-        )
-    raise OutOfStock("not enough stock (it changed meanwhile); try again")
+        return OutOfStock("not enough stock: " + "; ".join(short))
+    return InvalidInput(
+        "the items are priced in different currencies",
+        [FieldError("items", "order products of one currency at a time")],
+    )
 
 
 ORDERS = ActorKey[Orders]("orders")

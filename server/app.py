@@ -108,10 +108,10 @@ async def actors(app: web.Application) -> AsyncIterator[None]:
             lambda: Catalog(settings, replicas, sessions),
             concurrency=settings.db_pool_size + settings.redis_pool_size,
         )
-        await system.spawn(
+        await system.spawn(  # twice its pool: after its commit, an order waits on Redis
             ORDERS,
             lambda: Orders(settings, replicas, sessions, catalog),
-            concurrency=settings.db_pool_size,
+            concurrency=settings.db_pool_size * 2,
         )
         yield
 

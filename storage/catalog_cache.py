@@ -12,8 +12,9 @@ in both on the way back, as encoded JSON (a hit costs no encoding).
 * **Listings** (a page of a product query) live under `catalog:listing:{generation}:{hash}`.
   Every write bumps the catalog generation, which retires every cached listing at once; a
   listing fill is stored only if the generation is unchanged.
-* **Writes** run one Lua script: bump the generation, raise the catalog's write position,
-  set the changed items' versions, delete their cached values, and publish the change. Every
+* **Writes** run one Lua script (one per event-loop tick for all its writes): bump the
+  generation, raise the catalog's write position, set the changed items' versions, delete
+  their cached values, and publish the change. Every
   process follows that channel (`storage.broadcast`) and drops the affected near-cache
   entries; the writing process does so before it answers.
 * **The near cache** is used only while the subscription is live: when it is lost, it is
@@ -38,6 +39,7 @@ from redis.asyncio import Redis
 
 from actors.errors import DependencyUnavailable
 from observability import metrics
+from storage.batching import TickBatch
 from storage.broadcast import follow
 from storage.freshness import stored_floor
 from storage.redis import Keys
@@ -138,6 +140,7 @@ class CatalogCache:
         self._fill_item = redis.register_script(_FILL_ITEM)
         self._fill_listing = redis.register_script(_FILL_LISTING)
         self._invalidate = redis.register_script(_INVALIDATE)
+        self._invalidations = TickBatch(self._invalidate_together)
         self._follower: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
         self._near_hit = metrics.CACHE_LOOKUPS.labels("near", "hit")
@@ -249,6 +252,13 @@ class CatalogCache:
     async def invalidate(self, item_ids: Sequence[int], position: int) -> None:
         """After a write that committed at WAL `position` and changed `item_ids`: retire
         what every process has cached of them, and every listing."""
+        generation = await self._invalidations((tuple(item_ids), position))
+        self._apply(generation, position, item_ids)
+
+    async def _invalidate_together(self, changes: list[tuple[tuple[int, ...], int]]) -> list[int]:
+        """The invalidations of one event-loop tick, as one script call."""
+        item_ids = sorted({item_id for ids, _ in changes for item_id in ids})
+        position = max(position for _, position in changes)
         keys = [self._generation_key, self._position_key]
         for item_id in item_ids:
             keys.extend(self._item_keys(item_id))
@@ -258,10 +268,10 @@ class CatalogCache:
                 f"{position:016x}",
                 self._ttl_ms * 2,  # a version outlives every value filled under it
                 self._channel,
-                orjson.dumps(list(item_ids)),
+                orjson.dumps(item_ids),
             ],
         )
-        self._apply(int(generation), position, item_ids)
+        return [int(generation)] * len(changes)
 
     def _apply(self, generation: int, position: int, item_ids: Sequence[int]) -> None:
         self._generation = max(self._generation, generation)

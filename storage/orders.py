@@ -11,52 +11,58 @@ from storage.sql import Params
 
 Record = asyncpg.Record
 
-# One statement takes the stock and writes the order, its items and its first history entry.
+# One statement takes the stock and writes the order, its items and its first history entry,
+# or, when the stock cannot cover it, changes nothing at all. Being one statement, it is
+# atomic on its own: no explicit transaction, so placing an order is one round trip.
 #
-# * Products are locked in id order, so concurrent orders over the same products queue up
-#   instead of deadlocking.
-# * Stock is taken only where there is enough (`stock >= quantity`, re-checked against the
-#   latest committed row once the lock is held); the order is written only if every item got
-#   its stock, in one currency. Otherwise no order row comes back and the caller rolls the
-#   transaction back, returning what was taken. The products' CHECK (stock >= 0) stands
-#   behind all of this: no code path can take stock below zero.
-# * Prices, SKUs and names are captured from the locked product rows, the total computed here.
+# * The wanted products are locked in id order, so concurrent orders over the same products
+#   queue up instead of deadlocking. A lock that had to wait returns the row as the other
+#   order left it, so `verdict` judges the stock as it is now, and nobody can change it
+#   before this statement ends.
+# * Only if every product is live, for sale, in stock for its quantity, and all share one
+#   currency, is the stock taken and the order written; prices, SKUs and names are captured
+#   from the locked rows and the total computed here. The products' CHECK (stock >= 0)
+#   stands behind all of this: no code path can take stock below zero.
+# * The answer carries what was found (`found`), so a refusal can say why without asking again.
 PLACE: Final = """
 WITH wanted AS (
     SELECT * FROM unnest($2::bigint[], $3::integer[]) AS w (product_id, quantity)
 ), locked AS (
-    SELECT p.id FROM products p JOIN wanted w ON w.product_id = p.id
-    WHERE p.deleted_at IS NULL AND p.active
+    SELECT p.id, p.sku, p.name, p.price_minor, p.currency, p.stock, p.active, w.quantity
+    FROM products p JOIN wanted w ON w.product_id = p.id
+    WHERE p.deleted_at IS NULL
     ORDER BY p.id
     FOR NO KEY UPDATE OF p
+), verdict AS (
+    SELECT count(*) = cardinality($2::bigint[])
+               AND coalesce(bool_and(active AND stock >= quantity), false)
+               AND count(DISTINCT currency) = 1 AS ok,
+           count(DISTINCT currency) AS currencies,
+           min(currency) AS currency,
+           sum(price_minor * quantity) AS total_minor
+    FROM locked
 ), reserved AS (
-    UPDATE products p SET stock = p.stock - w.quantity
-    FROM wanted w, locked l
-    WHERE p.id = w.product_id AND l.id = p.id AND p.stock >= w.quantity
-    RETURNING p.id AS product_id, p.sku, p.name, w.quantity, p.price_minor AS unit_price_minor,
-              p.currency
-), summary AS (
-    SELECT count(*) AS items, count(DISTINCT currency) AS currencies, min(currency) AS currency,
-           coalesce(sum(unit_price_minor * quantity), 0) AS total_minor
-    FROM reserved
+    UPDATE products p SET stock = p.stock - l.quantity
+    FROM locked l, verdict v
+    WHERE v.ok AND p.id = l.id
 ), placed AS (
     INSERT INTO orders (user_id, total_minor, currency)
-    SELECT $1, total_minor, currency FROM summary
-    WHERE items = cardinality($2::bigint[]) AND currencies = 1
+    SELECT $1, total_minor, currency FROM verdict WHERE ok
     RETURNING id, user_id, status, total_minor, currency, created_at, updated_at
 ), lines AS (
     INSERT INTO order_items (order_id, product_id, sku, name, quantity, unit_price_minor)
-    SELECT placed.id, r.product_id, r.sku, r.name, r.quantity, r.unit_price_minor
-    FROM placed, reserved r
+    SELECT placed.id, l.id, l.sku, l.name, l.quantity, l.price_minor FROM placed, locked l
     RETURNING product_id, sku, name, quantity, unit_price_minor
 ), history AS (
     INSERT INTO order_status_history (order_id, status, changed_by)
     SELECT id, status, user_id FROM placed
 )
-SELECT placed.*, summary.currencies,
+SELECT placed.*, verdict.currencies,
        (SELECT coalesce(json_agg(lines ORDER BY product_id), '[]') FROM lines) AS items,
-       (SELECT coalesce(array_agg(product_id), '{}') FROM reserved) AS reserved
-FROM summary LEFT JOIN placed ON true
+       (SELECT coalesce(json_agg(json_build_object(
+                    'id', id, 'stock', stock, 'active', active)), '[]')
+        FROM locked) AS found
+FROM verdict LEFT JOIN placed ON true
 """
 
 
@@ -64,20 +70,9 @@ async def place(
     conn: Connection, user_id: int, product_ids: list[int], quantities: list[int]
 ) -> Record:
     """Try to place the order (see `PLACE`). The row's `id` is None when it was not placed:
-    roll back, and ask `availability` about the products not in `reserved` to say why
-    (`currencies` > 1: the items' currencies differ)."""
+    then nothing changed, and `found` (the live products among those wanted, with their
+    stock and whether they are for sale) and `currencies` say why."""
     return await conn.fetchrow(PLACE, user_id, product_ids, quantities)
-
-
-async def availability(conn: Connection, product_ids: list[int]) -> list[Record]:
-    """Stock and sale status of the live products among `product_ids`."""
-    return await conn.fetch(
-        """
-        SELECT id, stock, active, currency FROM products
-        WHERE id = ANY($1::bigint[]) AND deleted_at IS NULL
-        """,
-        product_ids,
-    )
 
 
 _ORDER_COLUMNS: Final = """
