@@ -17,7 +17,6 @@ from redis.asyncio import Redis
 
 log = logging.getLogger("backend.broadcast")
 
-POLL_SECONDS = 1.0
 MAX_BACKOFF = 5.0
 
 
@@ -36,8 +35,10 @@ async def follow(
         try:
             await pubsub.subscribe(channel)
             while True:
-                message = await pubsub.get_message(timeout=POLL_SECONDS)
-                if message is None:
+                # Blocking reads: no timer per message. A broken connection still ends the
+                # read with an error (and the server's restart with a fresh subscription).
+                message = await pubsub.get_message(timeout=None)
+                if message is None:  # a health-check reply
                     continue
                 if message["type"] == "message":
                     on_message(message["data"])
