@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import secrets
@@ -30,7 +29,7 @@ from typing import Any, Literal
 import asyncpg
 from pydantic import BaseModel
 
-from actors import pools
+from actors import background, pools
 from actors.access import ADMIN, CUSTOMER, permissions_of
 from actors.errors import Conflict, NotFound, Unauthenticated
 from actors.identity import Principal
@@ -196,7 +195,6 @@ class Accounts(Actor):
         self.replicas = replicas
         self.sessions = sessions
         self._stack = AsyncExitStack()
-        self._maintenance: asyncio.Task[None] | None = None
         self.db: Database
         self.passwords: Passwords
 
@@ -208,13 +206,12 @@ class Accounts(Actor):
         self.passwords = Passwords.from_settings(s)
         self._stack.callback(self.passwords.close)
         await self.passwords.prepare()
-        await self._maintain()
-        self._maintenance = asyncio.create_task(self._maintain_forever(), name="accounts:upkeep")
+        upkeep = background.repeat(
+            self._maintain, every=MAINTENANCE_INTERVAL, name="accounts:upkeep", log=log
+        )
+        self._stack.push_async_callback(background.cancel, upkeep)
 
     async def on_stop(self) -> None:
-        if self._maintenance is not None:
-            self._maintenance.cancel()
-            await asyncio.gather(self._maintenance, return_exceptions=True)
         await self._stack.aclose()
 
     # -- credentials and sessions ----------------------------------------------------------
@@ -433,14 +430,6 @@ class Accounts(Actor):
         async with self.db.primary() as conn:
             await audit.ensure_partitions(conn, AUDIT_MONTHS_AHEAD)
             await accounts.delete_expired_refresh_tokens(conn, EXPIRED_TOKEN_GRACE_DAYS)
-
-    async def _maintain_forever(self) -> None:
-        while True:
-            await asyncio.sleep(MAINTENANCE_INTERVAL)
-            try:
-                await self._maintain()
-            except Exception:
-                log.exception("accounts upkeep failed; will retry")
 
 
 def _digest(refresh_token: str) -> bytes:

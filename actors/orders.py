@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from typing import Any, Final, Literal
 import asyncpg
 from pydantic import BaseModel, computed_field
 
-from actors import pools
+from actors import background, pools
 from actors.access import permits
 from actors.catalog import Catalog, ProductsChanged
 from actors.errors import (
@@ -174,7 +173,6 @@ class Orders(Actor):
         self.sessions = sessions
         self.catalog = catalog
         self._stack = AsyncExitStack()
-        self._upkeep: asyncio.Task[None] | None = None
         self.db: Database
         self._placed = metrics.ORDERS.labels("placed")
         self._replayed = metrics.ORDERS.labels("replayed")
@@ -182,12 +180,12 @@ class Orders(Actor):
     async def on_start(self) -> None:
         s = self.settings
         self.db = await self._stack.enter_async_context(pools.database(s, self.replicas, "orders"))
-        self._upkeep = asyncio.create_task(self._forget_old_keys(), name="orders:upkeep")
+        upkeep = background.repeat(
+            self._forget_old_keys, every=UPKEEP_INTERVAL, name="orders:upkeep", log=log
+        )
+        self._stack.push_async_callback(background.cancel, upkeep)
 
     async def on_stop(self) -> None:
-        if self._upkeep is not None:
-            self._upkeep.cancel()
-            await asyncio.gather(self._upkeep, return_exceptions=True)
         await self._stack.aclose()
 
     # -- placing ---------------------------------------------------------------------------
@@ -292,14 +290,7 @@ class Orders(Actor):
         return Order.of(row), restocked
 
     async def _forget_old_keys(self) -> None:
-        while True:
-            try:
-                await self.db.write(
-                    idempotency.forget_older_than, self.settings.idempotency_key_hours
-                )
-            except Exception:
-                log.exception("forgetting old idempotency keys failed; will retry")
-            await asyncio.sleep(UPKEEP_INTERVAL)
+        await self.db.write(idempotency.forget_older_than, self.settings.idempotency_key_hours)
 
 
 def _may_see(principal: Principal, owner_id: int) -> bool:

@@ -52,16 +52,10 @@ Loader = Callable[[int], Awaitable[bytes]]
 # "No such item": cached like any answer, so unknown ids cannot hammer the database.
 TOMBSTONE = b""
 
-_FILL_ITEM = """
-if (redis.call('GET', KEYS[2]) or '') == ARGV[1] then
-    redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-    return 1
-end
-return 0
-"""
-
-_FILL_LISTING = """
-if (redis.call('GET', KEYS[2]) or '0') == ARGV[1] then
+# Stores a value only if the version it was read under is still current.
+# KEYS: value, version. ARGV: the version seen, the value, lifetime (ms), an absent version.
+_FILL = """
+if (redis.call('GET', KEYS[2]) or ARGV[4]) == ARGV[1] then
     redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
     return 1
 end
@@ -137,8 +131,7 @@ class CatalogCache:
         self._generation_key = keys("catalog", "generation")
         self._position_key = keys("catalog", "position")
         self._channel = keys("catalog", "changes")
-        self._fill_item = redis.register_script(_FILL_ITEM)
-        self._fill_listing = redis.register_script(_FILL_LISTING)
+        self._fill = redis.register_script(_FILL)
         self._invalidate = redis.register_script(_INVALIDATE)
         self._invalidations = TickBatch(self._invalidate_together)
         self._follower: asyncio.Task[None] | None = None
@@ -173,31 +166,34 @@ class CatalogCache:
 
     async def item(self, item_id: int, load: Loader, floor: int = 0) -> bytes:
         """Item `item_id`'s encoded answer (`TOMBSTONE` if there is none)."""
-        if floor:
-            return await self._load_item(item_id, load, floor, None)
-        if self._live:
-            body = self._items.get(item_id)
-            if body is not None:
-                self._near_hit.inc()
-                return body
-            self._near_miss.inc()
-        return await _single_flight(
-            self._item_fills, item_id, lambda fill: self._load_item(item_id, load, 0, fill)
+        return await self._read(
+            self._items, self._item_fills, item_id, self._load_item, load, floor
         )
 
     async def listing(self, query: str, load: Loader, floor: int = 0) -> bytes:
         """The encoded page for `query` (a canonical text of the query and its cursor)."""
-        if floor:
-            return await self._load_listing(query, load, floor, None)
+        return await self._read(
+            self._listings, self._listing_fills, query, self._load_listing, load, floor
+        )
+
+    async def _read(
+        self,
+        near: _Near,
+        fills: dict[K, _Fill],
+        key: K,
+        fill_from: Callable[[K, Loader, int, _Fill | None], Awaitable[bytes]],
+        load: Loader,
+        floor: int,
+    ) -> bytes:
+        if floor:  # the caller must see its own write: past the near cache, on its own
+            return await fill_from(key, load, floor, None)
         if self._live:
-            body = self._listings.get(query)
+            body = near.get(key)
             if body is not None:
                 self._near_hit.inc()
                 return body
             self._near_miss.inc()
-        return await _single_flight(
-            self._listing_fills, query, lambda fill: self._load_listing(query, load, 0, fill)
-        )
+        return await _single_flight(fills, key, lambda fill: fill_from(key, load, 0, fill))
 
     async def _load_item(self, item_id: int, load: Loader, floor: int, fill: _Fill | None) -> bytes:
         key, version_key = self._item_keys(item_id)
@@ -208,8 +204,8 @@ class CatalogCache:
             self._redis_miss.inc()
             metrics.CACHE_LOADS.labels("item").inc()
             body = await load(max(floor, stored_floor(version)))
-            kept = await self._fill_item(
-                keys=[key, version_key], args=[version or b"", body, self._ttl_ms]
+            kept = await self._fill(
+                keys=[key, version_key], args=[version or b"", body, self._ttl_ms, ""]
             )
             if not kept:
                 metrics.CACHE_FILLS_SKIPPED.inc()
@@ -231,8 +227,8 @@ class CatalogCache:
             self._redis_miss.inc()
             metrics.CACHE_LOADS.labels("listing").inc()
             body = await load(max(floor, self._position))
-            kept = await self._fill_listing(
-                keys=[key, self._generation_key], args=[generation, body, self._ttl_ms]
+            kept = await self._fill(
+                keys=[key, self._generation_key], args=[generation, body, self._ttl_ms, "0"]
             )
             if not kept:
                 metrics.CACHE_FILLS_SKIPPED.inc()
