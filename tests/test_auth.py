@@ -328,8 +328,12 @@ async def test_seed_creates_the_admin_once(
     configured = settings.model_copy(
         update={"admin_email": email, "admin_password": SecretStr("seeded password")}
     )
-    assert "created" in (await seed(configured))[0]
-    assert "exists" in (await seed(configured))[0]
+    first, again = await seed(configured), await seed(configured)
+    assert "created" in first[0]
+    assert "exists" in again[0]
+    assert again[1].startswith("demo products: 0 added")
+    mug = await (await api.get("/api/v1/products", params={"q": "Stoneware mug"})).json()
+    assert [p["sku"] for p in mug["items"]] == ["MUG-001"]
     tokens = await login(api, email, "seeded password")
     me = await api.get("/api/v1/me", headers=bearer(tokens["access_token"]))
     assert (await me.json())["roles"] == ["admin"]
