@@ -32,6 +32,8 @@ PERMISSIONS: Final[dict[str, frozenset[str]]] = {
     "catalog:write": STAFF_AND_ADMIN,  # create, change and delete products
     "users:manage": ADMIN_ONLY,  # accounts, their roles and activation
     "audit:read": ADMIN_ONLY,  # the audit log of admin changes
+    "files:read": EVERYONE,  # one's own uploaded files (staff and admin: anyone's)
+    "files:write": EVERYONE,  # upload files; delete one's own (staff and admin: anyone's)
 }
 
 

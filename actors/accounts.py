@@ -247,7 +247,11 @@ class Accounts(Actor):
         if self.passwords.needs_rehash(row["password_hash"]):
             new_hash = await self.passwords.hash(message.password)
             await self.db.write(accounts.set_password_hash, row["id"], new_hash)
-        pair = await self.db.write(self._open_session, row["id"], row["roles"], uuid.uuid4())
+        pair, position = await write_with_position(
+            self.db, self._open_session, row["id"], row["roles"], uuid.uuid4()
+        )
+        # The login wrote; from now on this user's reads see at least the account as it is.
+        await self._remember(row["id"], position)
         metrics.AUTH_EVENTS.labels("login").inc()
         return pair
 

@@ -14,6 +14,7 @@ from aiohttp import web
 from actors import ActorSystem
 from actors.accounts import ACCOUNTS, Accounts
 from actors.catalog import CATALOG, Catalog
+from actors.files import FILES, Files
 from actors.health import HEALTH, HealthMonitor
 from actors.orders import ORDERS, Orders
 from actors.sessions import SESSIONS, Sessions
@@ -23,7 +24,7 @@ from observability.logging import AccessLog
 from server.access import authenticate, authorize, check_routes
 from server.middleware import limits, observe, problem_details, security_headers
 from server.ratelimit import LIMITER, RateLimiter, quota_headers, rate_limit
-from server.routes import admin, auth, catalog, docs, operations, orders
+from server.routes import admin, auth, catalog, docs, files, operations, orders
 from server.routing import install
 from server.state import ACTORS, LIFECYCLE, SETTINGS, Lifecycle
 from storage.postgres import ReplicaSet
@@ -73,7 +74,7 @@ async def create_app(settings: Settings) -> web.Application:
         app.on_cleanup.append(lambda app: _flush(access_log))
 
     install(app, operations.routes)
-    install(app, auth.routes, admin.routes, catalog.routes, orders.routes)
+    install(app, auth.routes, admin.routes, catalog.routes, orders.routes, files.routes)
     install(app, docs.routes)
     docs.setup(app)
     app.on_startup.append(check_routes)
@@ -112,6 +113,11 @@ async def actors(app: web.Application) -> AsyncIterator[None]:
             ORDERS,
             lambda: Orders(settings, replicas, sessions, catalog),
             concurrency=settings.db_pool_size * 2,
+        )
+        await system.spawn(
+            FILES,
+            lambda: Files(settings, replicas),
+            concurrency=settings.db_pool_size + settings.files_max_uploads,
         )
         yield
 
