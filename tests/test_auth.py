@@ -6,21 +6,25 @@ from __future__ import annotations
 import base64
 import secrets
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
 import jwt
 import orjson
 import pytest
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
 from actors.tokens import GENERATED_KEYS, AccessTokens, KeyRing, load_key_ring
 from config import ConfigError, Settings, load_settings
+from server.app import create_app
 from server.seed import seed
 from server.state import SETTINGS
-from tests.conftest import eventually
+from storage.embedded import ServiceUrls
+from storage.migrations import migrate
+from tests.conftest import eventually, settings_for, with_database
 from tests.people import Caller, login, new_email, sign_up
 
 AUTH = "/api/v1/auth"
@@ -353,3 +357,41 @@ async def test_seed_creates_the_admin_once(
     password = (tmp_path / "admin-password").read_text().strip()
     assert password not in str(await seed(generated))
     await login(api, generated.admin_email, password)
+
+
+@pytest.fixture
+async def alone(services: ServiceUrls, base_settings: Settings) -> AsyncIterator[TestClient]:
+    """An app on a database of its own, where the only admin can be the test's."""
+    name = f"test_alone_{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(services.database_url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    urls = ServiceUrls(
+        database_url=with_database(services.database_url, name),
+        replica_urls=[with_database(url, name) for url in services.replica_urls],
+        redis_url=services.redis_url,
+    )
+    try:
+        await migrate(urls.database_url)
+        app = await create_app(settings_for(urls, base_settings))
+        async with TestClient(TestServer(app)) as client:
+            yield client
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+async def test_the_last_active_admin_cannot_be_removed(alone: TestClient) -> None:
+    only = await sign_up(alone, "admin")
+    url = f"/api/v1/admin/users/{only.id}"
+    for change in (
+        alone.put(f"{url}/roles", json={"roles": ["staff"]}, headers=only.headers),
+        alone.patch(url, json={"active": False}, headers=only.headers),
+    ):
+        response = await change
+        assert response.status == 409
+        assert "no active admin" in (await response.json())["detail"]
+    assert await me_status(alone, only.access_token) == 200  # nothing changed
+
+    second = await sign_up(alone, "admin")
+    demoted = await alone.put(f"{url}/roles", json={"roles": ["staff"]}, headers=second.headers)
+    assert demoted.status == 200  # another admin remains
