@@ -23,8 +23,7 @@ from server.app import create_app
 from server.seed import seed
 from server.state import SETTINGS
 from storage.embedded import ServiceUrls
-from storage.migrations import migrate
-from tests.conftest import eventually, settings_for, with_database
+from tests.conftest import eventually, fresh_database, settings_for
 from tests.people import Caller, login, new_email, sign_up
 
 AUTH = "/api/v1/auth"
@@ -362,22 +361,10 @@ async def test_seed_creates_the_admin_once(
 @pytest.fixture
 async def alone(services: ServiceUrls, base_settings: Settings) -> AsyncIterator[TestClient]:
     """An app on a database of its own, where the only admin can be the test's."""
-    name = f"test_alone_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(services.database_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    urls = ServiceUrls(
-        database_url=with_database(services.database_url, name),
-        replica_urls=[with_database(url, name) for url in services.replica_urls],
-        redis_url=services.redis_url,
-    )
-    try:
-        await migrate(urls.database_url)
+    async with fresh_database(services) as urls:
         app = await create_app(settings_for(urls, base_settings))
         async with TestClient(TestServer(app)) as client:
             yield client
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 async def test_the_last_active_admin_cannot_be_removed(alone: TestClient) -> None:
