@@ -31,6 +31,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import redis
+
 log = logging.getLogger("backend.services")
 
 PG_USER = "embedded_postgres"
@@ -359,7 +361,23 @@ class EmbeddedServices:
             )
         subprocess.run([str(_redis_server()), str(conf)], check=True, timeout=30)  # noqa: S603
         _wait_for_port(state.redis_port, "redis", self.redis_dir / "redis.log")
+        self._wait_for_redis(state)
         log.info("redis started", extra={"service": "redis", "port": state.redis_port})
+
+    def _wait_for_redis(self, state: _State, timeout: float = 30.0) -> None:
+        """Until Redis answers commands (it listens while still loading its data) and its
+        pidfile is written (it listens before writing it), so `status()` agrees."""
+        client = redis.Redis(port=state.redis_port, password=state.redis_password)
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                with contextlib.suppress(redis.BusyLoadingError, redis.ConnectionError):
+                    if client.ping() and self._redis_pid() is not None:
+                        return
+                time.sleep(0.02)
+        finally:
+            client.close()
+        raise ServicesError(f"redis did not become ready\n{_tail(self.redis_dir / 'redis.log')}")
 
     def _stop_redis(self) -> None:
         pid = self._redis_pid()
