@@ -361,8 +361,23 @@ class EmbeddedServices:
             )
         subprocess.run([str(_redis_server()), str(conf)], check=True, timeout=30)  # noqa: S603
         _wait_for_port(state.redis_port, "redis", self.redis_dir / "redis.log")
-        _wait_for_redis(state, self.redis_dir / "redis.log")
+        self._wait_for_redis(state)
         log.info("redis started", extra={"service": "redis", "port": state.redis_port})
+
+    def _wait_for_redis(self, state: _State, timeout: float = 30.0) -> None:
+        """Until Redis answers commands (it listens while still loading its data) and its
+        pidfile is written (it listens before writing it), so `status()` agrees."""
+        client = redis.Redis(port=state.redis_port, password=state.redis_password)
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                with contextlib.suppress(redis.BusyLoadingError, redis.ConnectionError):
+                    if client.ping() and self._redis_pid() is not None:
+                        return
+                time.sleep(0.02)
+        finally:
+            client.close()
+        raise ServicesError(f"redis did not become ready\n{_tail(self.redis_dir / 'redis.log')}")
 
     def _stop_redis(self) -> None:
         pid = self._redis_pid()
@@ -477,28 +492,6 @@ def _wait_for_port(port: int, service: str, logfile: Path, timeout: float = 30.0
                 return
         time.sleep(0.02)
     raise ServicesError(f"{service} did not start listening on {port}\n{_tail(logfile)}")
-
-
-def _wait_for_redis(state: _State, logfile: Path, timeout: float = 30.0) -> None:
-    """Until Redis answers: it listens before it has written its pidfile and loaded its
-    append-only file, and answers LOADING meanwhile."""
-    client = redis.Redis(
-        host="127.0.0.1", port=state.redis_port, password=state.redis_password, socket_timeout=2
-    )
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            try:
-                client.ping()
-                return
-            except redis.ConnectionError:  # BusyLoadingError included
-                if time.monotonic() > deadline:
-                    raise ServicesError(
-                        f"redis did not finish starting\n{_tail(logfile)}"
-                    ) from None
-                time.sleep(0.02)
-    finally:
-        client.close()
 
 
 def _tail(path: Path, lines: int = 20) -> str:

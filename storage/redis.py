@@ -8,6 +8,8 @@ from typing import Any, TypeVar
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import Pipeline
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 
 # Errors that mean Redis itself is unreachable, as opposed to a bad command.
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -38,6 +40,10 @@ async def open_redis(
         socket_timeout=timeout,
         client_name=name,
         health_check_interval=30,
+        # A pooled connection that went stale (Redis restarted, a failover) is replaced and
+        # the command retried, instead of failing the request that happened to pick it.
+        retry=Retry(ExponentialBackoff(cap=0.2, base=0.01), retries=2),
+        retry_on_error=[RedisConnectionError],
     )
     client = (Redis if tracing.tracer is None else TracedRedis).from_pool(pool)
     try:

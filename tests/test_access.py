@@ -31,6 +31,13 @@ PUBLIC_ROUTES = {
     ("POST", "/api/v1/auth/register"),
     ("POST", "/api/v1/auth/login"),
     ("POST", "/api/v1/auth/refresh"),
+    ("GET", "/api/v1/products"),
+    ("GET", "/api/v1/products/{product_id}"),
+    ("GET", "/api/v1/openapi.json"),
+    ("GET", "/docs"),
+    ("GET", "/docs/start.js"),
+    ("GET", "/docs/{asset}"),
+    ("GET", "/problems/{slug}"),
 }
 
 # Path parameter values that pass validation but name nothing that exists.
