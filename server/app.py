@@ -14,11 +14,12 @@ from aiohttp import web
 from actors import ActorSystem
 from actors.files import FILES, Files
 from actors.health import HEALTH, HealthMonitor
+from actors.product_images import PRODUCT_IMAGES, ProductImages
 from config import Settings
 from observability.logging import AccessLog
 from server.middleware import limits, observe, problem_details, security_headers
 from server.ratelimit import LIMITER, RateLimiter, quota_headers, rate_limit
-from server.routes import files, operations
+from server.routes import files, operations, product_images
 from server.routing import install
 from server.state import ACTORS, LIFECYCLE, SETTINGS, Lifecycle
 from storage.postgres import ReplicaSet
@@ -54,6 +55,7 @@ async def create_app(settings: Settings) -> web.Application:
 
     install(app, operations.routes)
     install(app, files.routes)
+    install(app, product_images.routes)
     allow_cors(app, settings.cors_origins)
     app.on_response_prepare.append(security_headers(hsts_seconds=settings.hsts_seconds))
     return app
@@ -75,6 +77,11 @@ async def actors(app: web.Application) -> AsyncIterator[None]:
             FILES,
             lambda: Files(settings, replicas),
             concurrency=settings.db_pool_size + settings.files_max_uploads,
+        )
+        await system.spawn(
+            PRODUCT_IMAGES,
+            lambda: ProductImages(settings, replicas, system[FILES]),
+            concurrency=max(2, settings.db_pool_size // 2),
         )
         yield
 
