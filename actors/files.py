@@ -34,6 +34,7 @@ from uuid import UUID, uuid4
 
 from asyncpg import Record
 
+from actors.access import STAFF_AND_ADMIN
 from actors.errors import (
     Busy,
     ClientGone,
@@ -63,7 +64,6 @@ from storage.postgres import Database, ReplicaSet
 
 log = logging.getLogger("backend.files")
 
-STAFF_ROLES = ("staff", "admin")
 NAME_LIMIT = 255
 
 _REJECT_REASONS: tuple[tuple[type[BaseException], str], ...] = (
@@ -95,7 +95,7 @@ class FileInfo:
     def from_row(cls, row: Record) -> FileInfo:
         return cls(
             id=row["id"],
-            owner_id=row["owner_id"],
+            owner_id=str(row["owner_id"]),
             name=row["original_name"],
             content_type=row["content_type"],
             size=row["size"],
@@ -164,8 +164,8 @@ class DeleteFile(Message[None]):
     file_id: UUID
 
 
-def may_see(principal: Principal, owner_id: str) -> bool:
-    return principal.user_id == owner_id or principal.has_role(*STAFF_ROLES)
+def may_see(principal: Principal, owner_id: int | str) -> bool:
+    return principal.user_id == str(owner_id) or principal.has_role(*STAFF_AND_ADMIN)
 
 
 def clean_name(name: str | None) -> str:
@@ -244,7 +244,7 @@ class Files(Actor):
             row = await self.db.write(
                 files_sql.insert,
                 file_id=uuid4(),
-                owner_id=message.owner.user_id,
+                owner_id=int(message.owner.user_id),
                 original_name=clean_name(message.name),
                 content_type=inspection.content_type,
                 size=inspection.size,

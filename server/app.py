@@ -12,20 +12,37 @@ import aiohttp_cors
 from aiohttp import web
 
 from actors import ActorSystem
+from actors.accounts import ACCOUNTS, Accounts
 from actors.files import FILES, Files
 from actors.health import HEALTH, HealthMonitor
 from actors.product_images import PRODUCT_IMAGES, ProductImages
+from actors.sessions import SESSIONS, Sessions
+from actors.tokens import AccessTokens
 from config import Settings
 from observability.logging import AccessLog
+from server.access import authenticate, authorize, check_routes
 from server.middleware import limits, observe, problem_details, security_headers
 from server.ratelimit import LIMITER, RateLimiter, quota_headers, rate_limit
-from server.routes import files, operations, product_images
+from server.routes import admin, auth, files, operations, product_images
 from server.routing import install
 from server.state import ACTORS, LIFECYCLE, SETTINGS, Lifecycle
 from storage.postgres import ReplicaSet
 
-EXPOSED_HEADERS = ("X-Request-ID", "Retry-After", "RateLimit", "RateLimit-Policy")
-ALLOWED_HEADERS = ("Authorization", "Content-Type", "X-Request-ID")
+EXPOSED_HEADERS = (
+    "X-Request-ID",
+    "Retry-After",
+    "RateLimit",
+    "RateLimit-Policy",
+    "X-Read-After",
+    "Idempotent-Replayed",
+)
+ALLOWED_HEADERS = (
+    "Authorization",
+    "Content-Type",
+    "X-Request-ID",
+    "X-Read-After",
+    "Idempotency-Key",
+)
 
 
 async def create_app(settings: Settings) -> web.Application:
@@ -35,7 +52,9 @@ async def create_app(settings: Settings) -> web.Application:
         middlewares=[
             observe(access_log),
             problem_details(retry_after=settings.retry_after_seconds),
+            authenticate(timeout=settings.request_timeout),
             *([rate_limit(limiter)] if limiter else []),
+            authorize(),
             limits(timeout=settings.request_timeout, max_body=settings.max_body_bytes),
         ],
         client_max_size=settings.max_body_bytes,
@@ -54,8 +73,8 @@ async def create_app(settings: Settings) -> web.Application:
         app.on_cleanup.append(lambda app: _flush(access_log))
 
     install(app, operations.routes)
-    install(app, files.routes)
-    install(app, product_images.routes)
+    install(app, auth.routes, admin.routes, files.routes, product_images.routes)
+    app.on_startup.append(check_routes)
     allow_cors(app, settings.cors_origins)
     app.on_response_prepare.append(security_headers(hsts_seconds=settings.hsts_seconds))
     return app
@@ -73,6 +92,15 @@ async def actors(app: web.Application) -> AsyncIterator[None]:
     replicas = ReplicaSet(len(settings.replica_dsns))
     async with app[ACTORS] as system:
         await system.spawn(HEALTH, lambda: HealthMonitor(settings, replicas), concurrency=4)
+        tokens = AccessTokens.from_settings(settings)
+        sessions = await system.spawn(
+            SESSIONS, lambda: Sessions(settings, tokens), concurrency=settings.redis_pool_size
+        )
+        await system.spawn(
+            ACCOUNTS,
+            lambda: Accounts(settings, tokens, replicas, sessions),
+            concurrency=settings.db_pool_size,
+        )
         await system.spawn(
             FILES,
             lambda: Files(settings, replicas),

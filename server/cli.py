@@ -3,6 +3,7 @@
 backend up                      services (when no URLs are set), migrations, API server
 backend serve [--workers N]     the API server (one process per core by default)
 backend migrate                 apply pending migrations
+backend seed                    the first admin and the demo catalog (idempotent)
 backend services start|stop|status
 """
 
@@ -21,6 +22,7 @@ from pydantic import SecretStr
 from config import ConfigError, Settings, load_settings
 from observability.logging import configure_logging
 from server.runner import serve
+from server.seed import seed
 from storage.embedded import EmbeddedServices, ServicesError
 from storage.migrations import MigrationError, migrate
 
@@ -63,6 +65,7 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--host")
         sub.add_argument("--port", type=int)
     command("migrate", cmd_migrate, "apply pending database migrations")
+    command("seed", cmd_seed, "create the first admin and the demo catalog")
     services = command("services", cmd_services, "manage the embedded PostgreSQL and Redis")
     services.add_argument("action", choices=("start", "stop", "status"))
     return parser
@@ -81,6 +84,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     try:
         settings = resolve(settings)
         _migrate(settings)
+        _seed(settings)
         print(f"API on http://{settings.host}:{settings.port}  (Ctrl-C stops everything)")
         return serve(settings, workers(settings))
     finally:
@@ -94,6 +98,11 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     _migrate(resolve(settings))
+    return 0
+
+
+def cmd_seed(settings: Settings, args: argparse.Namespace) -> int:
+    _seed(resolve(settings))
     return 0
 
 
@@ -168,6 +177,11 @@ def _migrate(settings: Settings) -> None:
     applied = asyncio.run(migrate(settings.primary_dsn))
     names = ", ".join(m.filename for m in applied) or "none pending"
     print(f"migrations applied: {names}")
+
+
+def _seed(settings: Settings) -> None:
+    for line in asyncio.run(seed(settings)):
+        print(f"seed: {line}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ async def insert(
     conn: Connection,
     *,
     file_id: UUID,
-    owner_id: str,
+    owner_id: int,
     original_name: str,
     content_type: str,
     size: int,

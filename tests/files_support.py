@@ -1,5 +1,5 @@
 """Shared by the file tests: a real S3-compatible server (moto's standalone server, one per
-session, on loopback), settings for either backend, callers, and streamed multipart bodies."""
+session, on loopback), settings for either backend, sample files, streamed multipart bodies."""
 
 from __future__ import annotations
 
@@ -18,12 +18,9 @@ from urllib.parse import quote
 import aiohttp
 import pytest
 from aiobotocore.session import get_session
-from aiohttp import web
 from PIL import Image
 
-from actors.identity import Principal
 from config import Settings
-from server.state import PRINCIPAL
 from storage.embedded import ServiceUrls
 from tests.conftest import settings_for
 from tests.processes import ROOT, free_port
@@ -116,26 +113,6 @@ def files_settings(
             **MOTO_KEYS,
         }
     return settings_for(database, base, **(options | overrides))
-
-
-# -- callers ----------------------------------------------------------------------------------
-
-TEST_IDENTITY = "X-Test-Principal"
-
-
-@web.middleware
-async def identity_from_header(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Stands in for authentication: `X-Test-Principal: <user id>[;role,role]`."""
-    value = request.headers.get(TEST_IDENTITY)
-    if value:
-        user, _, roles = value.partition(";")
-        request[PRINCIPAL] = Principal(user, frozenset(filter(None, roles.split(","))))
-    return await handler(request)
-
-
-def caller(*roles: str) -> dict[str, str]:
-    """Headers that make a request come from a new user with `roles`."""
-    return {TEST_IDENTITY: f"user-{secrets.token_hex(6)};{','.join(roles)}"}
 
 
 # -- bodies -----------------------------------------------------------------------------------

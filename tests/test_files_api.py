@@ -24,20 +24,18 @@ from tests.conftest import eventually
 from tests.files_support import (
     CSV,
     PDF,
-    TEST_IDENTITY,
     MiB,
     Multipart,
     S3Server,
-    caller,
     chunks_of,
     files_settings,
-    identity_from_header,
     png,
     random_bytes,
     repeated,
     s3_server,
     upload,
 )
+from tests.people import Caller, sign_up
 
 __all__ = ["s3_server"]  # the fixture, imported for the tests below
 
@@ -52,11 +50,14 @@ class Files:
     settings: Settings
     s3: S3Server
 
-    async def rows(self, owner_headers: dict[str, str]) -> list[asyncpg.Record]:
-        owner = owner_headers[TEST_IDENTITY].split(";")[0]
+    async def person(self, *roles: str) -> Caller:
+        """A new account with `roles` (customer when none), signed in."""
+        return await sign_up(self.client, *roles)
+
+    async def rows(self, owner: Caller) -> list[asyncpg.Record]:
         conn = await asyncpg.connect(self.settings.primary_dsn)
         try:
-            return await conn.fetch("SELECT * FROM files WHERE owner_id = $1", owner)
+            return await conn.fetch("SELECT * FROM files WHERE owner_id = $1", owner.id)
         finally:
             await conn.close()
 
@@ -74,7 +75,7 @@ class Files:
             return await self.s3.pending_uploads(self.settings.s3_bucket)
         return list((self.settings.files_dir / ".tmp").iterdir())
 
-    async def assert_nothing_stored(self, owner: dict[str, str]) -> None:
+    async def assert_nothing_stored(self, owner: Caller) -> None:
         assert await self.rows(owner) == []
         assert await self.objects() == []
         assert await self.pending() == []
@@ -96,9 +97,7 @@ async def open_files(
         settings = files_settings(
             database, base_settings, backend, tmp_path, s3_server, bucket, **overrides
         )
-        app = await create_app(settings)
-        app.middlewares.append(identity_from_header)
-        return Files(await aiohttp_client(app), settings, s3_server)
+        return Files(await aiohttp_client(await create_app(settings)), settings, s3_server)
 
     return make
 
@@ -118,10 +117,10 @@ def rejects(reason: str) -> float:
 @pytest.mark.parametrize("backend", ["local", "s3"])
 async def test_upload_then_download_byte_identical(open_files: FilesFactory, backend: str) -> None:
     files = await open_files(backend)
-    me = caller("customer")
+    me = await files.person("customer")
     image = png(640, 480)
     response = await upload(
-        files.client, image, filename="photo.png", headers=me, part_type="text/plain"
+        files.client, image, filename="photo.png", headers=me.headers, part_type="text/plain"
     )
     body = await response.json()
     assert response.status == 201, body
@@ -130,7 +129,7 @@ async def test_upload_then_download_byte_identical(open_files: FilesFactory, bac
     assert body["content_type"] == "image/png"  # from the bytes, not the part's header
     assert response.headers["Location"] == f"/api/v1/files/{body['id']}"
 
-    got = await files.client.get(f"/api/v1/files/{body['id']}", headers=me)
+    got = await files.client.get(f"/api/v1/files/{body['id']}", headers=me.headers)
     assert got.status == 200
     assert await got.read() == image
     assert got.headers["ETag"] == f'"{body["sha256"]}"'
@@ -140,7 +139,7 @@ async def test_upload_then_download_byte_identical(open_files: FilesFactory, bac
     assert got.headers["Accept-Ranges"] == "bytes"
     assert "sandbox" in got.headers["Content-Security-Policy"]
 
-    head = await files.client.head(f"/api/v1/files/{body['id']}", headers=me)
+    head = await files.client.head(f"/api/v1/files/{body['id']}", headers=me.headers)
     assert head.status == 200
     assert head.headers["Content-Length"] == str(len(image))
     assert head.headers["ETag"] == got.headers["ETag"]
@@ -154,10 +153,10 @@ async def test_upload_then_download_byte_identical(open_files: FilesFactory, bac
 
 
 async def test_csv_and_pdf_are_served_as_attachments(files: Files) -> None:
-    me = caller("customer")
+    me = await files.person("customer")
     for data, name, content_type in ((CSV, "prices.csv", "text/csv"), (PDF, "a.pdf", None)):
-        created = await (await upload(files.client, data, filename=name, headers=me)).json()
-        got = await files.client.get(f"/api/v1/files/{created['id']}", headers=me)
+        created = await (await upload(files.client, data, filename=name, headers=me.headers)).json()
+        got = await files.client.get(f"/api/v1/files/{created['id']}", headers=me.headers)
         assert await got.read() == data
         assert got.headers["Content-Disposition"].startswith(f'attachment; filename="{name}"')
         if content_type:
@@ -167,14 +166,14 @@ async def test_csv_and_pdf_are_served_as_attachments(files: Files) -> None:
 
 
 async def test_conditional_get_answers_304(files: Files) -> None:
-    me = caller()
-    created = await (await upload(files.client, PDF, headers=me)).json()
+    me = await files.person()
+    created = await (await upload(files.client, PDF, headers=me.headers)).json()
     url = f"/api/v1/files/{created['id']}"
-    etag = (await files.client.get(url, headers=me)).headers["ETag"]
-    again = await files.client.get(url, headers={**me, "If-None-Match": etag})
+    etag = (await files.client.get(url, headers=me.headers)).headers["ETag"]
+    again = await files.client.get(url, headers={**me.headers, "If-None-Match": etag})
     assert again.status == 304
     assert await again.read() == b""
-    other = await files.client.get(url, headers={**me, "If-None-Match": '"nope"'})
+    other = await files.client.get(url, headers={**me.headers, "If-None-Match": '"nope"'})
     assert other.status == 200
 
 
@@ -184,9 +183,9 @@ async def test_conditional_get_answers_304(files: Files) -> None:
 @pytest.mark.parametrize("backend", ["local", "s3"])
 async def test_single_ranges(open_files: FilesFactory, backend: str) -> None:
     files = await open_files(backend)
-    me = caller()
+    me = await files.person()
     data = b"%PDF-" + random_bytes(300_000)
-    created = await (await upload(files.client, data, headers=me)).json()
+    created = await (await upload(files.client, data, headers=me.headers)).json()
     url = f"/api/v1/files/{created['id']}"
     size = len(data)
     for header, start, stop in (
@@ -195,7 +194,7 @@ async def test_single_ranges(open_files: FilesFactory, backend: str) -> None:
         ("bytes=-500", size - 500, size),
         ("bytes=299990-999999", 299_990, size),
     ):
-        got = await files.client.get(url, headers={**me, "Range": header})
+        got = await files.client.get(url, headers={**me.headers, "Range": header})
         assert got.status == 206, header
         assert await got.read() == data[start:stop]
         assert got.headers["Content-Range"] == f"bytes {start}-{stop - 1}/{size}"
@@ -203,26 +202,30 @@ async def test_single_ranges(open_files: FilesFactory, backend: str) -> None:
 
 
 async def test_unsatisfiable_and_ignored_ranges(files: Files) -> None:
-    me = caller()
+    me = await files.person()
     data = b"%PDF-" + random_bytes(1000)
-    created = await (await upload(files.client, data, headers=me)).json()
+    created = await (await upload(files.client, data, headers=me.headers)).json()
     url = f"/api/v1/files/{created['id']}"
 
     for header in (f"bytes={len(data)}-", "bytes=-0"):
-        refused = await files.client.get(url, headers={**me, "Range": header})
+        refused = await files.client.get(url, headers={**me.headers, "Range": header})
         assert refused.status == 416
         assert refused.headers["Content-Range"] == f"bytes */{len(data)}"
         assert refused.headers["Content-Type"] == "application/problem+json"
 
     for header in ("bytes=0-1,5-9", "items=0-1", "bytes=9-2", "bytes=x-y"):
-        whole = await files.client.get(url, headers={**me, "Range": header})
+        whole = await files.client.get(url, headers={**me.headers, "Range": header})
         assert whole.status == 200, header
         assert await whole.read() == data
 
-    stale = await files.client.get(url, headers={**me, "Range": "bytes=0-1", "If-Range": '"old"'})
+    stale = await files.client.get(
+        url, headers={**me.headers, "Range": "bytes=0-1", "If-Range": '"old"'}
+    )
     assert stale.status == 200
     etag = stale.headers["ETag"]
-    fresh = await files.client.get(url, headers={**me, "Range": "bytes=0-1", "If-Range": etag})
+    fresh = await files.client.get(
+        url, headers={**me.headers, "Range": "bytes=0-1", "If-Range": etag}
+    )
     assert fresh.status == 206
     assert await fresh.read() == data[:2]
 
@@ -242,9 +245,11 @@ async def test_spoofed_or_unlisted_types_are_refused(
     open_files: FilesFactory, data: bytes, filename: str, part_type: str
 ) -> None:
     files = await open_files(files_allowed_types="image/png,image/jpeg,application/pdf,text/csv")
-    me = caller()
+    me = await files.person()
     before = rejects("unsupported_type")
-    response = await upload(files.client, data, filename=filename, headers=me, part_type=part_type)
+    response = await upload(
+        files.client, data, filename=filename, headers=me.headers, part_type=part_type
+    )
     assert response.status == 415
     problem = await response.json()
     assert response.headers["Content-Type"] == "application/problem+json"
@@ -260,10 +265,10 @@ async def test_too_large_streamed_upload_gets_413_and_stores_nothing(
 ) -> None:
     """A chunked body declares no length: the limit is enforced while it streams."""
     files = await open_files(backend, files_max_bytes=2 * MiB)
-    me = caller()
+    me = await files.person()
     before = rejects("too_large")
     body = repeated(b"%PDF-" + random_bytes(64 * 1024), 3 * MiB)
-    response = await upload(files.client, body, headers=me)
+    response = await upload(files.client, body, headers=me.headers)
     assert response.status == 413
     problem = await response.json()
     assert problem["type"] == "/problems/too-large"
@@ -273,12 +278,12 @@ async def test_too_large_streamed_upload_gets_413_and_stores_nothing(
 
 
 async def test_declared_length_over_the_limit_is_refused_before_reading(files: Files) -> None:
-    me = caller()
+    me = await files.person()
     form = Multipart("big.pdf", chunks_of(b"%PDF-" + bytes(100)))
     response = await files.client.post(
         "/api/v1/files",
         data=b"".join([form.head(), b"%PDF-", bytes(5 * MiB), form.tail()]),
-        headers={**me, "Content-Type": form.content_type},
+        headers={**me.headers, "Content-Type": form.content_type},
     )
     assert response.status == 413
     assert (await response.json())["type"] == "/problems/too-large"
@@ -287,14 +292,14 @@ async def test_declared_length_over_the_limit_is_refused_before_reading(files: F
 
 async def test_an_upload_larger_than_max_body_bytes_is_accepted(files: Files) -> None:
     """The global `MAX_BODY_BYTES` (1 MiB) does not apply: the upload has its own limit."""
-    me = caller()
+    me = await files.person()
     data = b"%PDF-" + random_bytes(3 * MiB)
     assert len(data) > files.settings.max_body_bytes
     form = Multipart("big.pdf", chunks_of(data))
     response = await files.client.post(
         "/api/v1/files",
         data=form.head() + data + form.tail(),  # with a Content-Length this time
-        headers={**me, "Content-Type": form.content_type},
+        headers={**me.headers, "Content-Type": form.content_type},
     )
     assert response.status == 201, await response.text()
     assert (await response.json())["size"] == len(data)
@@ -310,9 +315,9 @@ async def test_an_upload_larger_than_max_body_bytes_is_accepted(files: Files) ->
 async def test_bodies_that_are_not_a_file_upload(
     files: Files, content_type: str, body: bytes, status: int
 ) -> None:
-    me = caller()
+    me = await files.person()
     response = await files.client.post(
-        "/api/v1/files", data=body, headers={**me, "Content-Type": content_type}
+        "/api/v1/files", data=body, headers={**me.headers, "Content-Type": content_type}
     )
     assert response.status == status
     assert response.headers["Content-Type"] == "application/problem+json"
@@ -320,10 +325,12 @@ async def test_bodies_that_are_not_a_file_upload(
 
 
 async def test_wrong_field_extra_parts_and_empty_files_are_refused(files: Files) -> None:
-    me = caller()
+    me = await files.person()
     wrong = Multipart("a.csv", chunks_of(CSV), field="document")
     response = await files.client.post(
-        "/api/v1/files", data=wrong.body(), headers={**me, "Content-Type": wrong.content_type}
+        "/api/v1/files",
+        data=wrong.body(),
+        headers={**me.headers, "Content-Type": wrong.content_type},
     )
     assert response.status == 422
     assert (await response.json())["errors"][0]["field"] == "file"
@@ -332,30 +339,30 @@ async def test_wrong_field_extra_parts_and_empty_files_are_refused(files: Files)
     body = extra.head() + CSV + f"\r\n--{extra.boundary}\r\n".encode()
     body += b'Content-Disposition: form-data; name="note"\r\n\r\nhello' + extra.tail()
     response = await files.client.post(
-        "/api/v1/files", data=body, headers={**me, "Content-Type": extra.content_type}
+        "/api/v1/files", data=body, headers={**me.headers, "Content-Type": extra.content_type}
     )
     assert response.status == 422
 
-    response = await upload(files.client, b"", headers=me)
+    response = await upload(files.client, b"", headers=me.headers)
     assert response.status == 422
     assert "empty" in (await response.json())["detail"]
     await files.assert_nothing_stored(me)
 
 
 async def test_path_traversal_names_are_only_data(files: Files) -> None:
-    me = caller()
+    me = await files.person()
     for hostile, served in (
         ("../../../etc/passwd", "passwd"),
         ("..\\..\\windows\\win.ini", "win.ini"),
         ('../x"\r\nX-Evil: 1;.csv', "x_X-Evil_ 1_.csv"),  # sent encoded, as filename*
         ("../..", None),
     ):
-        response = await upload(files.client, CSV, filename=hostile, headers=me)
+        response = await upload(files.client, CSV, filename=hostile, headers=me.headers)
         assert response.status == 201, hostile
         created = await response.json()
         assert created["name"] == hostile.replace("\r\n", "")  # kept, as data only
 
-        got = await files.client.get(f"/api/v1/files/{created['id']}", headers=me)
+        got = await files.client.get(f"/api/v1/files/{created['id']}", headers=me.headers)
         assert "X-Evil" not in got.headers
         disposition = got.headers["Content-Disposition"]
         fallback = disposition.split("; filename*=")[0]
@@ -368,8 +375,10 @@ async def test_path_traversal_names_are_only_data(files: Files) -> None:
     assert not (files.settings.files_dir.parent / "etc").exists()
 
     unicode_name = "résumé 2024.csv"
-    created = await (await upload(files.client, CSV, filename=unicode_name, headers=me)).json()
-    got = await files.client.get(f"/api/v1/files/{created['id']}", headers=me)
+    created = await (
+        await upload(files.client, CSV, filename=unicode_name, headers=me.headers)
+    ).json()
+    got = await files.client.get(f"/api/v1/files/{created['id']}", headers=me.headers)
     assert got.headers["Content-Disposition"] == (
         f"attachment; filename=\"resume 2024.csv\"; filename*=UTF-8''{quote(unicode_name)}"
     )
@@ -379,37 +388,41 @@ async def test_path_traversal_names_are_only_data(files: Files) -> None:
 
 
 async def test_other_users_files_do_not_exist_for_them(files: Files) -> None:
-    owner, stranger, staff = caller("customer"), caller("customer"), caller("staff")
-    created = await (await upload(files.client, PDF, headers=owner)).json()
+    owner, stranger, staff = (
+        await files.person("customer"),
+        await files.person("customer"),
+        await files.person("staff"),
+    )
+    created = await (await upload(files.client, PDF, headers=owner.headers)).json()
     url = f"/api/v1/files/{created['id']}"
 
     for method in ("GET", "HEAD", "DELETE"):
-        response = await files.client.request(method, url, headers=stranger)
+        response = await files.client.request(method, url, headers=stranger.headers)
         assert response.status == 404, method
     assert (await files.client.get(url)).status == 401  # anonymous
-    assert (await files.client.get(url, headers=staff)).status == 200
+    assert (await files.client.get(url, headers=staff.headers)).status == 200
 
-    assert (await files.client.delete(url, headers=owner)).status == 204
-    assert (await files.client.get(url, headers=owner)).status == 404
+    assert (await files.client.delete(url, headers=owner.headers)).status == 204
+    assert (await files.client.get(url, headers=owner.headers)).status == 404
     assert await files.rows(owner) == []
     assert await files.objects() == []
 
 
 async def test_staff_may_delete_any_file(files: Files) -> None:
-    owner, staff = caller("customer"), caller("staff")
-    created = await (await upload(files.client, PDF, headers=owner)).json()
+    owner, staff = await files.person("customer"), await files.person("staff")
+    created = await (await upload(files.client, PDF, headers=owner.headers)).json()
     url = f"/api/v1/files/{created['id']}"
-    assert (await files.client.delete(url, headers=staff)).status == 204
-    assert (await files.client.get(url, headers=owner)).status == 404
+    assert (await files.client.delete(url, headers=staff.headers)).status == 204
+    assert (await files.client.get(url, headers=owner.headers)).status == 404
 
 
 async def test_unknown_and_malformed_ids(files: Files) -> None:
-    me = caller()
+    me = await files.person()
     missing = await files.client.get(
-        "/api/v1/files/0b7e2d0a-0000-4000-8000-000000000000", headers=me
+        "/api/v1/files/0b7e2d0a-0000-4000-8000-000000000000", headers=me.headers
     )
     assert missing.status == 404
-    bad = await files.client.get("/api/v1/files/not-a-uuid", headers=me)
+    bad = await files.client.get("/api/v1/files/not-a-uuid", headers=me.headers)
     assert bad.status == 422
     assert (await bad.json())["errors"][0]["field"] == "file_id"
 
@@ -422,8 +435,8 @@ async def test_a_row_whose_object_is_missing_answers_404(
     open_files: FilesFactory, backend: str
 ) -> None:
     files = await open_files(backend)
-    me = caller()
-    created = await (await upload(files.client, PDF, headers=me)).json()
+    me = await files.person()
+    created = await (await upload(files.client, PDF, headers=me.headers)).json()
     [row] = await files.rows(me)
     if backend == "s3":
         async with files.s3.client() as s3:
@@ -433,7 +446,7 @@ async def test_a_row_whose_object_is_missing_answers_404(
     missing_before = REGISTRY.get_sample_value("files_missing_objects_total") or 0
     url = f"/api/v1/files/{created['id']}"
     for method in ("GET", "HEAD"):
-        response = await files.client.request(method, url, headers=me)
+        response = await files.client.request(method, url, headers=me.headers)
         assert response.status == 404, method
     assert REGISTRY.get_sample_value("files_missing_objects_total") == missing_before + 2
 
@@ -441,13 +454,13 @@ async def test_a_row_whose_object_is_missing_answers_404(
 @pytest.mark.parametrize("backend", ["local", "s3"])
 async def test_a_failed_store_write_leaves_no_row(open_files: FilesFactory, backend: str) -> None:
     files = await open_files(backend)
-    me = caller()
+    me = await files.person()
     if backend == "s3":  # the bucket goes away under the running server
         async with files.s3.client() as s3:
             await s3.delete_bucket(Bucket=files.settings.s3_bucket)
     else:  # the folder objects are renamed into cannot be made
         (files.settings.files_dir / "files").write_bytes(b"in the way")
-    response = await upload(files.client, PDF, headers=me)
+    response = await upload(files.client, PDF, headers=me.headers)
     assert response.status == 503
     assert response.headers["Retry-After"]
     assert await files.rows(me) == []
@@ -459,14 +472,14 @@ async def test_a_failed_store_write_leaves_no_row(open_files: FilesFactory, back
 async def test_an_interrupted_upload_leaves_nothing(open_files: FilesFactory, backend: str) -> None:
     """The client sends 6 MiB of a declared 16 MiB and drops the connection."""
     files = await open_files(backend, files_max_bytes=32 * MiB)
-    me = caller()
+    me = await files.person()
     gone_before = rejects("client_gone")
     form = Multipart("big.pdf", chunks_of(b""))
     _, writer = await asyncio.open_connection(files.client.host, files.client.port)
     head = (
         "POST /api/v1/files HTTP/1.1\r\nHost: test\r\n"
         f"Content-Type: {form.content_type}\r\nContent-Length: {16 * MiB}\r\n"
-        f"{TEST_IDENTITY}: {me[TEST_IDENTITY]}\r\n\r\n"
+        f"Authorization: Bearer {me.access_token}\r\n\r\n"
     ).encode()
     writer.write(head + form.head() + b"%PDF-")
     async for chunk in repeated(random_bytes(MiB), 6 * MiB):
@@ -488,7 +501,7 @@ async def test_an_interrupted_upload_leaves_nothing(open_files: FilesFactory, ba
 
 async def test_uploads_beyond_the_limit_at_once_get_503(open_files: FilesFactory) -> None:
     files = await open_files(files_max_uploads=1)
-    me = caller()
+    me = await files.person()
     release = asyncio.Event()
 
     async def held() -> AsyncIterator[bytes]:
@@ -496,13 +509,13 @@ async def test_uploads_beyond_the_limit_at_once_get_503(open_files: FilesFactory
         await release.wait()
         yield b"C-3,Tea,100\n"
 
-    first = asyncio.create_task(upload(files.client, held(), headers=me))
+    first = asyncio.create_task(upload(files.client, held(), headers=me.headers))
 
     async def started() -> bool:
         return bool(await files.pending())
 
     await eventually(started)
-    second = await upload(files.client, CSV, headers=me)
+    second = await upload(files.client, CSV, headers=me.headers)
     assert second.status == 503
     assert second.headers["Retry-After"]
     assert (await second.json())["type"] == "/problems/busy"
@@ -511,9 +524,9 @@ async def test_uploads_beyond_the_limit_at_once_get_503(open_files: FilesFactory
 
 
 async def test_metrics_report_stored_files_and_rejects(files: Files) -> None:
-    me = caller()
-    await upload(files.client, CSV, headers=me)
-    await upload(files.client, b"\x00binary", headers=me)
+    me = await files.person()
+    await upload(files.client, CSV, headers=me.headers)
+    await upload(files.client, b"\x00binary", headers=me.headers)
     text = await (await files.client.get("/metrics")).text()
     for name in (
         'files_stored_total{content_type="text/csv"}',

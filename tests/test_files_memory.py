@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import secrets
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,7 +17,8 @@ from pathlib import Path
 import aiohttp
 
 from config import Settings
-from tests.files_support import PDF, MiB, caller, random_bytes, upload
+from tests.files_support import PDF, MiB, random_bytes, upload
+from tests.people import login, new_email, register
 from tests.processes import ROOT, free_port, service_env, wait_until_serving
 
 SIZE = 200 * MiB
@@ -49,9 +51,8 @@ async def test_a_200_mib_upload_and_download_keep_server_memory_flat(
         FILES_MAX_BYTES=str(SIZE + MiB),
     )
     server = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.files_server", cwd=ROOT, env=env
+        sys.executable, "-m", "server.cli", "serve", "--workers", "1", cwd=ROOT, env=env
     )
-    me = caller()
     block = b"%PDF-" + random_bytes(MiB - 5)
     expected = hashlib.sha256()
     for _ in range(SIZE // MiB):
@@ -59,6 +60,10 @@ async def test_a_200_mib_upload_and_download_keep_server_memory_flat(
     try:
         await wait_until_serving(f"{base}/readyz", server)
         async with aiohttp.ClientSession(base) as client:
+            email, password = new_email(), secrets.token_urlsafe(12)
+            await register(client, email, password)
+            token = (await login(client, email, password))["access_token"]
+            me = {"Authorization": f"Bearer {token}"}
             warm = await upload(client, PDF, headers=me)  # warm every code path first
             assert warm.status == 201
             assert (

@@ -24,6 +24,7 @@ from storage.embedded import ServiceUrls
 from storage.filestore import FileStore, open_store
 from storage.postgres import Database, ReplicaSet
 from tests.files_support import CSV, chunks_of, files_settings, png
+from tests.people import new_email
 
 
 def png_claiming(width: int, height: int) -> bytes:
@@ -69,6 +70,7 @@ class Running:
     db: Database
     store: FileStore
     settings: Settings
+    owner: Principal
 
 
 @pytest.fixture
@@ -84,21 +86,24 @@ async def running(
         open_store(settings) as store,
     ):
         files = await system.spawn(FILES, lambda: Files(settings, replicas), concurrency=4)
-        yield Running(files, db, store, settings)
-
-
-OWNER = Principal("user-thumbs", frozenset({"customer"}))
+        owner = await db.write(
+            lambda conn: conn.fetchval(
+                "INSERT INTO users (email, name, password_hash) VALUES ($1, 'T', 'x') RETURNING id",
+                new_email(),
+            )
+        )
+        yield Running(files, db, store, settings, Principal(str(owner), frozenset({"customer"})))
 
 
 async def test_make_thumbnail_once_and_find_it_again(running: Running) -> None:
-    source = await running.files.ask(StoreFile(OWNER, "cat.png", chunks_of(png(800, 800))))
+    source = await running.files.ask(StoreFile(running.owner, "cat.png", chunks_of(png(800, 800))))
     make = (running.db, running.store, running.settings, source.id)
     first = await make_thumbnail(*make)
     again = await make_thumbnail(*make)
     assert again == first
     assert first.content_type == "image/webp"
     assert first.name == "cat.thumbnail.webp"
-    assert first.owner_id == OWNER.user_id
+    assert first.owner_id == running.owner.user_id
     settings = running.settings
     async with running.store.open(first.key) as reader:
         data = b"".join([chunk async for chunk in reader])
@@ -114,16 +119,16 @@ async def test_make_thumbnail_once_and_find_it_again(running: Running) -> None:
 
 
 async def test_only_images_get_thumbnails(running: Running) -> None:
-    table = await running.files.ask(StoreFile(OWNER, "prices.csv", chunks_of(CSV)))
+    table = await running.files.ask(StoreFile(running.owner, "prices.csv", chunks_of(CSV)))
     with pytest.raises(ThumbnailFailed, match="not an image"):
         await make_thumbnail(running.db, running.store, running.settings, table.id)
 
 
 async def test_deleting_the_image_deletes_its_thumbnail(running: Running) -> None:
-    source = await running.files.ask(StoreFile(OWNER, "dog.png", chunks_of(png())))
+    source = await running.files.ask(StoreFile(running.owner, "dog.png", chunks_of(png())))
     thumbnail = await make_thumbnail(running.db, running.store, running.settings, source.id)
-    await running.files.ask(DeleteFile(OWNER, source.id))
+    await running.files.ask(DeleteFile(running.owner, source.id))
     assert await running.store.stat(source.key) is None
     assert await running.store.stat(thumbnail.key) is None
     with pytest.raises(NotFound):
-        await running.files.ask(FindFile(OWNER, thumbnail.id))
+        await running.files.ask(FindFile(running.owner, thumbnail.id))

@@ -1,9 +1,10 @@
 -- Uploaded files: the metadata. The bytes live in the file store under `storage_key`, a name
 -- the server generated; the client's file name is kept only as data, never used as a path.
--- A derived file (a thumbnail) points at its source and goes when the source goes.
+-- A derived file (a thumbnail) points at its source and goes when the source goes. A user
+-- with files cannot be deleted (deactivate them, or delete their files, objects and all).
 CREATE TABLE files (
     id            uuid PRIMARY KEY,
-    owner_id      text NOT NULL,
+    owner_id      bigint NOT NULL REFERENCES users (id),
     original_name text NOT NULL DEFAULT '' CHECK (length(original_name) <= 255),
     content_type  text NOT NULL,
     size          bigint NOT NULL CHECK (size > 0),
