@@ -31,6 +31,9 @@ PUBLIC_ROUTES = {
     ("POST", "/api/v1/auth/register"),
     ("POST", "/api/v1/auth/login"),
     ("POST", "/api/v1/auth/refresh"),
+    ("GET", "/api/v1/products/{product_id}/image"),
+    ("GET", "/api/v1/products/{product_id}/image/status"),
+    ("GET", "/api/v1/products/{product_id}/image/thumbnail"),
 }
 
 # Path parameter values that pass validation but name nothing that exists.
