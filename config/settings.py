@@ -188,11 +188,6 @@ class Settings(BaseSettings):
     s3_part_bytes: int = Field(8 << 20, ge=5 << 20, le=5 << 30)
     s3_pool_size: int = Field(32, ge=1, le=1024)
 
-    @field_validator("files_allowed_types", mode="before")
-    @classmethod
-    def _file_types_list(cls, value: Any) -> Any:
-        return _split(value)
-
     @field_validator("files_allowed_types")
     @classmethod
     def _known_file_types(cls, value: list[str]) -> list[str]:
@@ -214,7 +209,13 @@ class Settings(BaseSettings):
     def files_dir(self) -> Path:
         return self.files_local_dir or self.state_dir / "files"
 
-    @field_validator("database_replica_urls", "cors_origins", "trusted_proxies", mode="before")
+    @field_validator(
+        "database_replica_urls",
+        "cors_origins",
+        "trusted_proxies",
+        "files_allowed_types",
+        mode="before",
+    )
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
         return _split(value)
