@@ -18,6 +18,7 @@ from actors.catalog import CATALOG, Catalog
 from actors.files import FILES, Files
 from actors.health import HEALTH, HealthMonitor
 from actors.orders import ORDERS, Orders
+from actors.product_images import PRODUCT_IMAGES, ProductImages
 from actors.sessions import SESSIONS, Sessions
 from actors.tokens import AccessTokens
 from config import Settings
@@ -27,7 +28,16 @@ from observability.logging import AccessLog
 from server.access import authenticate, authorize, check_routes
 from server.middleware import limits, observe, problem_details, security_headers, traced
 from server.ratelimit import LIMITER, RateLimiter, quota_headers, rate_limit
-from server.routes import admin, auth, catalog, docs, files, operations, orders
+from server.routes import (
+    admin,
+    auth,
+    catalog,
+    docs,
+    files,
+    operations,
+    orders,
+    product_images,
+)
 from server.routing import install
 from server.state import ACTORS, LIFECYCLE, SETTINGS, Lifecycle
 from storage.postgres import ReplicaSet
@@ -81,7 +91,8 @@ async def create_app(settings: Settings) -> web.Application:
         app.on_cleanup.append(lambda app: _flush(access_log))
 
     install(app, operations.routes)
-    install(app, auth.routes, admin.routes, catalog.routes, orders.routes, files.routes)
+    install(app, auth.routes, admin.routes, catalog.routes, orders.routes)
+    install(app, files.routes, product_images.routes)
     install(app, docs.routes)
     docs.setup(app)
     app.on_startup.append(check_routes)
@@ -125,6 +136,11 @@ async def actors(app: web.Application) -> AsyncIterator[None]:
             FILES,
             lambda: Files(settings, replicas),
             concurrency=settings.db_pool_size + settings.files_max_uploads,
+        )
+        await system.spawn(
+            PRODUCT_IMAGES,
+            lambda: ProductImages(settings, replicas, system[FILES]),
+            concurrency=max(2, settings.db_pool_size // 2),
         )
         yield
 
