@@ -24,6 +24,7 @@ from storage.postgres import (
     ReplicaSet,
     format_lsn,
     open_pool,
+    pool_target,
     primary_position,
     replica_position,
 )
@@ -82,8 +83,10 @@ class HealthMonitor(Actor):
             open_pool(s.primary_dsn, name="health", **options)
         )
         self._replica_pools = [
-            await self._stack.enter_async_context(open_pool(dsn, name="health:ro", **options))
-            for dsn in s.replica_dsns
+            await self._stack.enter_async_context(
+                open_pool(dsn, name="health", target=pool_target(i), **options)
+            )
+            for i, dsn in enumerate(s.replica_dsns)
         ]
         self._redis = await self._stack.enter_async_context(
             open_redis(s.redis_dsn, name="health", size=2, timeout=PROBE_TIMEOUT)

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp_cors
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from actors import ActorSystem
 from actors.accounts import ACCOUNTS, Accounts
@@ -21,9 +22,11 @@ from actors.product_images import PRODUCT_IMAGES, ProductImages
 from actors.sessions import SESSIONS, Sessions
 from actors.tokens import AccessTokens
 from config import Settings
+from observability import tracing
+from observability.exporter import sampled
 from observability.logging import AccessLog
 from server.access import authenticate, authorize, check_routes
-from server.middleware import limits, observe, problem_details, security_headers
+from server.middleware import limits, observe, problem_details, security_headers, traced
 from server.ratelimit import LIMITER, RateLimiter, quota_headers, rate_limit
 from server.routes import (
     admin,
@@ -53,6 +56,8 @@ ALLOWED_HEADERS = (
     "X-Request-ID",
     "X-Read-After",
     "Idempotency-Key",
+    "traceparent",  # a browser's trace, continued by the request span
+    "tracestate",
 )
 
 
@@ -61,6 +66,7 @@ async def create_app(settings: Settings) -> web.Application:
     limiter = RateLimiter(settings) if settings.rate_limit_enabled else None
     app = web.Application(
         middlewares=[
+            *tracing_middleware(),
             observe(access_log),
             problem_details(retry_after=settings.retry_after_seconds),
             authenticate(timeout=settings.request_timeout),
@@ -75,6 +81,7 @@ async def create_app(settings: Settings) -> web.Application:
     app[ACTORS] = ActorSystem(
         mailbox_size=settings.actor_mailbox_size, stop_timeout=settings.shutdown_timeout
     )
+    app.cleanup_ctx.append(sampled)
     if limiter is not None:
         app[LIMITER] = limiter
         app.cleanup_ctx.append(rate_limiter)
@@ -140,6 +147,11 @@ async def actors(app: web.Application) -> AsyncIterator[None]:
 
 async def _flush(access_log: AccessLog) -> None:
     access_log.flush()
+
+
+def tracing_middleware() -> list[Middleware]:
+    """The request span, when this process traces (`observability.instrumentation`)."""
+    return [] if tracing.tracer is None else [traced()]
 
 
 def allow_cors(app: web.Application, origins: list[str]) -> None:
