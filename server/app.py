@@ -110,7 +110,7 @@ async def rate_limiter(app: web.Application) -> AsyncIterator[None]:
 async def actors(app: web.Application) -> AsyncIterator[None]:
     """Start the actors in dependency order; stop them, draining, in reverse."""
     settings = app[SETTINGS]
-    replicas = ReplicaSet(len(settings.replica_dsns))
+    replicas = ReplicaSet(len(settings.replica_dsns), settings.replica_max_lag_seconds)
     async with app[ACTORS] as system:
         await system.spawn(HEALTH, lambda: HealthMonitor(settings, replicas), concurrency=4)
         tokens = AccessTokens.from_settings(settings)

@@ -12,6 +12,7 @@ import contextvars
 import itertools
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -73,12 +74,45 @@ def replica_name(index: int) -> str:
     return f"replica{index}"
 
 
+class WalTimeline:
+    """When the primary was at which WAL position, sampled by the health monitor.
+
+    A replica's lag is how long ago the primary first went past the position the replica has
+    replayed. Unlike `now() - pg_last_xact_replay_timestamp()`, this does not jump to the time
+    since the last commit whenever a quiet replica is a moment behind a fresh write (which
+    would take a healthy replica out of rotation after every idle spell).
+    """
+
+    def __init__(self, horizon: float) -> None:
+        self.horizon = horizon
+        self._samples: deque[tuple[float, int]] = deque()  # (when, position), oldest first
+
+    @property
+    def head(self) -> int | None:
+        return self._samples[-1][1] if self._samples else None
+
+    def record(self, position: int, at: float) -> None:
+        if not self._samples or position > self._samples[-1][1]:
+            self._samples.append((at, position))
+        while len(self._samples) > 1 and self._samples[0][0] < at - self.horizon:
+            self._samples.popleft()
+
+    def lag(self, replayed: int, now: float) -> float:
+        """Seconds since the primary first went past `replayed` (0 when it has not)."""
+        for at, position in self._samples:
+            if position > replayed:
+                return max(0.0, now - at)
+        return 0.0
+
+
 class ReplicaSet:
     """What is known of each replica's health: written by the health monitor, read by every
     `Database` in the process to route stale-tolerant reads."""
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, max_lag: float = 30.0) -> None:
         self.states = [ReplicaState(replica_name(i)) for i in range(count)]
+        self.max_lag = max_lag
+        self.primary = WalTimeline(horizon=2 * max_lag)
         self._turn = itertools.count()
 
     def pick(self, floor: int = 0) -> int | None:
@@ -90,15 +124,18 @@ class ReplicaSet:
             return None
         return candidates[next(self._turn) % len(candidates)]
 
-    def record(
-        self, index: int, *, replay_lsn: int, lag_seconds: float, lag_bytes: int, max_lag: float
-    ) -> None:
+    def record(self, index: int, *, replay_lsn: int, at: float | None = None) -> None:
+        """A replica answered with its replayed position: judge its lag against the primary."""
+        now = time.monotonic() if at is None else at
+        head = self.primary.head
         state = self.states[index]
         state.replay_lsn = replay_lsn
-        state.lag_seconds = lag_seconds
-        state.lag_bytes = lag_bytes
-        state.up = lag_seconds <= max_lag
-        state.error = None if state.up else f"lag {lag_seconds:.1f}s exceeds {max_lag:.1f}s"
+        state.lag_seconds = self.primary.lag(replay_lsn, now)
+        state.lag_bytes = max(0, head - replay_lsn) if head is not None else None
+        state.up = state.lag_seconds <= self.max_lag
+        state.error = (
+            None if state.up else f"lag {state.lag_seconds:.1f}s exceeds {self.max_lag:.1f}s"
+        )
         _publish(state)
 
     def mark_down(self, index: int, error: BaseException | str) -> None:
@@ -330,17 +367,11 @@ async def primary_position(conn: Connection | Pool) -> int:
     return parse_lsn(await conn.fetchval("SELECT pg_current_wal_lsn()::text"))
 
 
-async def replica_position(conn: Connection) -> tuple[int, float]:
-    """A replica's replayed WAL position and how far behind in time it is (0 when caught up)."""
+async def replica_position(conn: Connection) -> int:
+    """A replica's replayed WAL position."""
     row = await conn.fetchrow(
-        """
-        SELECT pg_is_in_recovery() AS standby,
-               pg_last_wal_replay_lsn()::text AS replayed,
-               CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
-                    ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp())
-               END::float8 AS lag
-        """
+        "SELECT pg_is_in_recovery() AS standby, pg_last_wal_replay_lsn()::text AS replayed"
     )
     if not row["standby"] or row["replayed"] is None:
         raise RuntimeError("not a streaming replica (pg_is_in_recovery() is false)")
-    return parse_lsn(row["replayed"]), max(0.0, row["lag"] or 0.0)
+    return parse_lsn(row["replayed"])
