@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -200,14 +201,14 @@ class Orders(Actor):
             # Another request with this key got past the lookup at the same moment and
             # committed first; this one rolled back. Now the lookup finds its answer.
             outcome, position = await run_with_position(self.db, self._place, message)
-        user_id = message.principal.user_id
+        remember = self.sessions.ask(RememberWrite(message.principal.user_id, position))
         if outcome.replayed:
             self._replayed.inc()
+            await remember
         else:
             self._placed.inc()
             product_ids = tuple(product_id for product_id, _ in message.lines)
-            await self.catalog.ask(ProductsChanged(product_ids, position))
-        await self.sessions.ask(RememberWrite(user_id, position))
+            await asyncio.gather(self.catalog.ask(ProductsChanged(product_ids, position)), remember)
         return Placed(outcome.body, position, outcome.replayed)
 
     async def _place(self, conn: Connection, message: PlaceOrder) -> _Outcome:

@@ -28,7 +28,6 @@ from storage.postgres import (
     Query,
     format_lsn,
     parse_lsn,
-    primary_position,
     read_floor,
 )
 from storage.redis import Keys
@@ -110,10 +109,9 @@ async def write_with_position(
 ) -> tuple[T, int]:
     """Run `query(conn, ...)` in one transaction on the primary; return its result and the
     WAL position after the commit, which a replica must have replayed to show the write."""
-    async with db.primary() as conn:
-        async with conn.transaction():
-            result = await query(conn, *args, **kwargs)
-        return result, await primary_position(conn)
+    async with db.primary() as conn, conn.transaction():
+        result = await query(conn, *args, **kwargs)
+    return result, await db.position()
 
 
 async def run_with_position(
@@ -123,7 +121,7 @@ async def run_with_position(
     statement, or its own transaction when it needs one)."""
     async with db.primary() as conn:
         result = await query(conn, *args, **kwargs)
-        return result, await primary_position(conn)
+    return result, await db.position()
 
 
 @contextmanager

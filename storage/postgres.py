@@ -23,6 +23,7 @@ import orjson
 from asyncpg.connection import LoggedQuery
 
 from observability import metrics, tracing
+from storage.batching import TickBatch
 
 log = logging.getLogger("backend.storage")
 
@@ -293,6 +294,7 @@ class Database:
         self.replica_set = replica_set
         self._on_replica = metrics.child(metrics.DB_READS, "replica")
         self._on_primary = metrics.child(metrics.DB_READS, "primary")
+        self._positions: TickBatch[None, int] = TickBatch(self._read_positions)
         self._floored = {
             True: metrics.child(metrics.READS_AFTER_WRITE, "replica"),
             False: metrics.child(metrics.READS_AFTER_WRITE, "primary"),
@@ -330,6 +332,16 @@ class Database:
                 for i, dsn in enumerate(replica_dsns)
             ]
             yield cls(primary, replicas, replica_set, name=name)
+
+    async def position(self) -> int:
+        """The primary's WAL position now. Read after the caller's commit returned, it is at or
+        past that commit; so the callers of one event-loop tick share one read."""
+        return await self._positions(None)
+
+    async def _read_positions(self, callers: list[None]) -> list[int]:
+        async with self.primary() as conn:
+            position = await primary_position(conn)
+        return [position] * len(callers)
 
     def primary(self) -> Any:
         """`async with db.primary() as conn:` a primary connection for multi-step work."""
