@@ -19,6 +19,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
     multiprocess,
+    start_http_server,
 )
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -80,6 +81,57 @@ DB_REPLICA_LAG_BYTES = Gauge(
     "WAL bytes the replica has yet to replay.",
     ["replica"],
     multiprocess_mode="livemax",
+)
+
+
+# -- background jobs and WebSockets (issue 5) ------------------------------------------------
+
+JOB_LABELS = ["type", "topic"]
+JOBS_ENQUEUED = Counter("jobs_enqueued_total", "Jobs accepted for running.", JOB_LABELS)
+JOBS_STARTED = Counter("jobs_started_total", "Job attempts started by a worker.", JOB_LABELS)
+JOBS_SUCCEEDED = Counter("jobs_succeeded_total", "Jobs that completed.", JOB_LABELS)
+JOBS_FAILED = Counter(
+    "jobs_failed_total", "Job attempts that raised (retried or not), by type.", JOB_LABELS
+)
+JOBS_RETRIED = Counter("jobs_retried_total", "Failed attempts scheduled again.", JOB_LABELS)
+JOBS_DEAD = Counter("jobs_dead_total", "Jobs dead-lettered: attempts used up.", JOB_LABELS)
+JOBS_CANCELLED = Counter("jobs_cancelled_total", "Jobs cancelled.", JOB_LABELS)
+JOBS_RETURNED = Counter(
+    "jobs_returned_total", "Runs handed back to the queue by a stopping worker.", JOB_LABELS
+)
+JOBS_RECLAIMED = Counter(
+    "jobs_reclaimed_total", "Deliveries taken over from a lost worker.", ["topic"]
+)
+JOB_DURATION = Histogram(
+    "job_run_duration_seconds",
+    "Time one attempt of a job ran.",
+    JOB_LABELS,
+    buckets=(0.005, 0.025, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 1800.0),
+)
+JOBS_RUNNING = Gauge("jobs_running", "Jobs running now.", ["topic"], multiprocess_mode="livesum")
+JOB_QUEUE_DEPTH = Gauge(
+    "job_queue_depth", "Jobs waiting to start.", ["topic"], multiprocess_mode="livemax"
+)
+JOB_QUEUE_OLDEST = Gauge(
+    "job_queue_oldest_age_seconds",
+    "How long the oldest waiting job has waited.",
+    ["topic"],
+    multiprocess_mode="livemax",
+)
+JOB_EVENTS_PUBLISHED = Counter(
+    "job_events_published_total", "Job events announced to the API processes."
+)
+WS_CONNECTIONS = Gauge(
+    "websocket_connections", "Open WebSocket connections.", multiprocess_mode="livesum"
+)
+WS_MESSAGES_SENT = Counter("websocket_messages_sent_total", "Messages sent to WebSocket clients.")
+WS_MESSAGES_RECEIVED = Counter(
+    "websocket_messages_received_total", "Messages received from WebSocket clients."
+)
+WS_CLOSED = Counter(
+    "websocket_closed_total",
+    "WebSocket connections closed by the server, by reason.",
+    ["reason"],
 )
 
 
@@ -162,3 +214,10 @@ def mark_process_dead(pid: int) -> None:
     """Drop a finished process's live gauges from the sums."""
     if multiprocess_dir():
         multiprocess.mark_process_dead(pid)
+
+
+def serve_metrics(host: str, port: int) -> int:
+    """Serve this process's own metrics on `port` (0: any free one), in a daemon thread, for
+    processes with no HTTP server of their own (workers, the scheduler); returns the port."""
+    server, _ = start_http_server(port, addr=host)
+    return int(server.server_port)

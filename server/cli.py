@@ -3,6 +3,8 @@
 backend up                      services (when no URLs are set), migrations, API server
 backend serve [--workers N]     the API server (one process per core by default)
 backend migrate                 apply pending migrations
+backend worker [--topics a,b]   a worker running the jobs of those topics (default: all)
+backend scheduler               periodic jobs (safe to run more than one)
 backend services start|stop|status
 """
 
@@ -16,6 +18,7 @@ import sys
 from collections.abc import Callable
 from urllib.parse import urlsplit, urlunsplit
 
+import uvloop
 from pydantic import SecretStr
 
 from config import ConfigError, Settings, load_settings
@@ -63,6 +66,11 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--host")
         sub.add_argument("--port", type=int)
     command("migrate", cmd_migrate, "apply pending database migrations")
+    worker = command("worker", cmd_worker, "run background jobs of some topics")
+    worker.add_argument("--topics", help="comma-separated topics (default: every JOB_TOPICS)")
+    worker.add_argument("--metrics-port", type=int, help="serve this process's metrics here")
+    scheduler = command("scheduler", cmd_scheduler, "enqueue periodic jobs")
+    scheduler.add_argument("--metrics-port", type=int, help="serve this process's metrics here")
     services = command("services", cmd_services, "manage the embedded PostgreSQL and Redis")
     services.add_argument("action", choices=("start", "stop", "status"))
     return parser
@@ -95,6 +103,21 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     _migrate(resolve(settings))
     return 0
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    from scheduler.worker import run_worker
+
+    topics = _split(args.topics) if args.topics else settings.job_topics
+    port = args.metrics_port if args.metrics_port is not None else settings.worker_metrics_port
+    return uvloop.run(run_worker(resolve(settings), topics, port))
+
+
+def cmd_scheduler(settings: Settings, args: argparse.Namespace) -> int:
+    from scheduler.periodic import run_scheduler
+
+    port = args.metrics_port if args.metrics_port is not None else settings.scheduler_metrics_port
+    return uvloop.run(run_scheduler(resolve(settings), port))
 
 
 def cmd_services(settings: Settings, args: argparse.Namespace) -> int:
@@ -153,6 +176,10 @@ def resolve(settings: Settings) -> Settings:
 
 def workers(settings: Settings) -> int:
     return settings.workers or os.cpu_count() or 1
+
+
+def _split(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
 
 
 def redact(url: str) -> str:
