@@ -9,6 +9,7 @@ within a period), each period's job is enqueued exactly once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import time
@@ -136,9 +137,7 @@ async def run_scheduler(settings: Settings, metrics_port: int | None) -> int:
                     await report_backlog(db)
             except Exception:
                 log.exception("scheduler tick failed; trying again")
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), scheduler.next_wake(time.time()))
-            except TimeoutError:
-                pass
     log.info("scheduler stopped")
     return 0

@@ -16,7 +16,9 @@ from typing import Any
 
 from taskiq import TaskiqMessage, TaskiqMiddleware
 
-_labels: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("job_labels", default={})
+_labels: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "job_labels", default=None
+)
 
 
 def outgoing() -> dict[str, str]:
@@ -26,7 +28,7 @@ def outgoing() -> dict[str, str]:
 
 def current_labels() -> dict[str, Any]:
     """The labels of the message this task is running."""
-    return _labels.get()
+    return _labels.get() or {}
 
 
 @contextlib.contextmanager

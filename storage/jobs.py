@@ -72,7 +72,7 @@ async def insert_jobs(conn: Connection, jobs: Sequence[NewJob]) -> list[Record]:
         ON CONFLICT ((coalesce(owner_id, '')), idempotency_key)
             WHERE idempotency_key IS NOT NULL DO NOTHING
         RETURNING {JOB_COLUMNS}
-        """,
+        """,  # noqa: S608 - a constant column list, values are parameters
         [j.id for j in jobs],
         [j.type for j in jobs],
         [j.topic for j in jobs],
@@ -100,7 +100,7 @@ async def find_idempotent(conn: Connection, owner_id: str | None, key: str) -> R
         f"""
         SELECT {JOB_COLUMNS}, request_hash FROM jobs
         WHERE coalesce(owner_id, '') = coalesce($1, '') AND idempotency_key = $2
-        """,
+        """,  # noqa: S608 - a constant column list, values are parameters
         owner_id,
         key,
     )
@@ -156,7 +156,7 @@ async def lock_undispatched(
         ORDER BY created_at
         LIMIT $2
         FOR UPDATE SKIP LOCKED
-        """,
+        """,  # noqa: S608 - a constant column list, values are parameters
         ids,
         limit,
     )
@@ -301,7 +301,7 @@ async def request_cancel(conn: Connection, job_id: UUID) -> Record | None:
             run_at = NULL
         WHERE id = $1 AND state IN ('queued', 'retrying', 'running')
         RETURNING {JOB_COLUMNS}
-        """,
+        """,  # noqa: S608 - a constant column list, values are parameters
         job_id,
     )
 
@@ -315,7 +315,7 @@ async def requeue(conn: Connection, job_id: UUID, states: Sequence[str]) -> Reco
                lease_until = NULL, run_at = NULL, dispatched_at = NULL
         WHERE id = $1 AND state = ANY($2::text[])
         RETURNING {JOB_COLUMNS}
-        """,
+        """,  # noqa: S608 - a constant column list, values are parameters
         job_id,
         list(states),
     )
@@ -325,7 +325,8 @@ async def requeue(conn: Connection, job_id: UUID, states: Sequence[str]) -> Reco
 
 
 async def get_job(conn: Connection, job_id: UUID) -> Record | None:
-    return await conn.fetchrow(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1", job_id)
+    query = f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"  # noqa: S608 - constant columns
+    return await conn.fetchrow(query, job_id)
 
 
 async def list_jobs(
@@ -347,7 +348,7 @@ async def list_jobs(
           AND ($4::timestamptz IS NULL OR (created_at, id) < ($4, $5::uuid))
         ORDER BY created_at DESC, id DESC
         LIMIT $6
-        """,
+        """,  # noqa: S608 - a constant column list, values are parameters
         owner_id,
         list(states) if states else None,
         list(topics) if topics else None,
