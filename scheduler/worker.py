@@ -148,6 +148,7 @@ async def run_worker(settings: Settings, topics: list[str], metrics_port: int | 
     if unknown:
         raise ConfigError(f"unknown topics {unknown}: JOB_TOPICS lists {settings.job_topics}")
     registry.load(settings.job_modules)
+    logging.getLogger("taskiq").setLevel(logging.WARNING)  # a line per job is too many
     if metrics_port is not None:
         port = serve_metrics(settings.host, metrics_port)
         log.info("metrics served", extra={"port": port})
