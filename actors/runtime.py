@@ -224,10 +224,6 @@ class ActorRef(Generic[A]):
     def in_progress(self) -> int:
         return self._in_progress
 
-    @property
-    def alive(self) -> bool:
-        return self._accepting and self._running.is_set()
-
     # -- messaging ---------------------------------------------------------------------------
 
     def tell(self, message: Any, *, timeout: float | None = None) -> None:

@@ -9,10 +9,10 @@ import argparse
 import os
 import sys
 
-from bench import foundation
+from bench import foundation, ratelimit
 from bench.run import Bench, bench_services, print_header, servers, summary
 
-SUITES = (foundation.rows,)
+SUITES = (foundation.rows, ratelimit.rows)
 
 
 def main() -> int:
@@ -24,7 +24,7 @@ def main() -> int:
     connections = tuple(int(c) for c in args.connections.split(","))
     with bench_services("bench") as settings, servers(settings, args.workers) as (server, top):
         print_header(args.workers, args.seconds)
-        bench = Bench(server, top, settings, args.seconds, connections)
+        bench = Bench(server, top, settings, args.seconds, connections, args.workers)
         rows = [row for suite in SUITES for row in suite(bench)]
     return summary(rows)
 

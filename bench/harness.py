@@ -32,6 +32,7 @@ class Load:
     p50_ms: float
     p99_ms: float
     errors: int
+    requests: int
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,8 @@ def parse_wrk(output: str) -> Load:
     http_errors = re.search(r"http_errors (\d+)", output)
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     errors = socket_errors + int(http_errors[1] if http_errors else non_2xx[1] if non_2xx else 0)
-    return Load(rps, _ms(percentiles["50"]), _ms(percentiles["99"]), errors)
+    requests = int(re.search(r"(\d+) requests in", output)[1])  # type: ignore[index]
+    return Load(rps, _ms(percentiles["50"]), _ms(percentiles["99"]), errors, requests)
 
 
 def _ms(text: str) -> float:

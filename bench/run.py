@@ -12,6 +12,7 @@ from bench.harness import HEADER, ROOT, Request, Row, process, run_wrk
 from config import Settings, load_settings
 from server.cli import embedded_needs, resolve
 from storage.embedded import EmbeddedServices
+from tests.processes import free_port
 
 
 @dataclass
@@ -22,6 +23,8 @@ class Bench:
     seconds: float
     connections: tuple[int, ...]
 
+    workers: int = 1
+
     def measure(
         self,
         name: str,
@@ -30,14 +33,38 @@ class Bench:
         ceiling: Request | None,
         connections: int,
         target: float | None = None,
+        server: str | None = None,
+        ceiling_server: str | None = None,
     ) -> Row:
-        load = run_wrk(self.server, request, connections=connections, seconds=self.seconds)
+        """Load `request` on the shipped server (or `server`) and `ceiling` on the bare
+        ceiling app (or `ceiling_server`), one after the other, and print the row."""
+        base = server or self.server
+        load = run_wrk(base, request, connections=connections, seconds=self.seconds)
         top = None
         if ceiling is not None:
-            top = run_wrk(self.ceiling, ceiling, connections=connections, seconds=self.seconds)
+            top = run_wrk(
+                ceiling_server or self.ceiling,
+                ceiling,
+                connections=connections,
+                seconds=self.seconds,
+            )
         row = Row(name, connections, load, top, target)
         print(row.line(), flush=True)
         return row
+
+    @contextlib.contextmanager
+    def variant(self, **env: str) -> Iterator[str]:
+        """Another `backend serve` like the shipped one but for `env`; yields its base URL."""
+        port = free_port()
+        environ = {**environment(self.settings, port, self.workers), **env}
+        log = self.settings.state_dir / f"variant-{port}.log"
+        with process(
+            [sys.executable, "-m", "server.cli", "serve"],
+            environ,
+            f"http://127.0.0.1:{port}/readyz",
+            log,
+        ):
+            yield f"http://127.0.0.1:{port}"
 
 
 @contextlib.contextmanager
@@ -71,8 +98,6 @@ def environment(settings: Settings, port: int, workers: int) -> dict[str, str]:
 @contextlib.contextmanager
 def servers(settings: Settings, workers: int) -> Iterator[tuple[str, str]]:
     """The shipped server (`backend serve`) and the ceiling, each on `workers` processes."""
-    from tests.processes import free_port  # the same helper the tests use
-
     server_port, ceiling_port = free_port(), free_port()
     env = environment(settings, server_port, workers)
     logs = settings.state_dir

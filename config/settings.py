@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -9,7 +10,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AnyUrl,
+    BaseModel,
+    ConfigDict,
     Field,
+    IPvAnyNetwork,
     SecretStr,
     ValidationError,
     field_validator,
@@ -40,6 +44,37 @@ _TOPIC = re.compile(r"^[a-z0-9_-]{1,32}$")
 
 CommaList = Annotated[list[str], NoDecode]
 SecretList = Annotated[list[SecretStr], NoDecode]
+NetworkList = Annotated[list[IPvAnyNetwork], NoDecode]
+
+EXEMPT = "exempt"
+
+
+class RatePolicy(BaseModel):
+    """A token bucket per caller: `capacity` requests at once, refilled at `per_second`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    capacity: int = Field(ge=1)
+    per_second: float = Field(gt=0)
+    cost: int = Field(1, ge=1, description="tokens one request takes")
+    on_redis_error: Literal["open", "closed"] = Field(
+        "open", description="when Redis is unreachable: serve (open) or refuse with 503 (closed)"
+    )
+    shadow: bool = Field(False, description="count and log what would be refused, refuse nothing")
+
+    @property
+    def window_seconds(self) -> int:
+        """How long an empty bucket takes to fill: the policy's window."""
+        return max(1, math.ceil(self.capacity / self.per_second))
+
+
+DEFAULT_RATE_POLICIES = {
+    "default": RatePolicy(capacity=120, per_second=20),
+    # Sign-up and sign-in: a burst of 10, then 12 a minute per client.
+    "auth": RatePolicy(capacity=10, per_second=0.2),
+    # Sign-in attempts against one account from anywhere, against credential stuffing.
+    "login-account": RatePolicy(capacity=5, per_second=1 / 60),
+}
 
 
 class Settings(BaseSettings):
@@ -88,6 +123,22 @@ class Settings(BaseSettings):
     cors_origins: CommaList = Field(default_factory=list)
     hsts_seconds: int = Field(31_536_000, ge=0)
 
+    rate_limit_enabled: bool = True
+    rate_limit_policies: dict[str, RatePolicy] = Field(
+        default_factory=lambda: dict(DEFAULT_RATE_POLICIES),
+        description="JSON; merged over the defaults, so naming one policy changes only that one",
+    )
+    rate_limit_routes: dict[str, str] = Field(
+        default_factory=dict, description="JSON: route name -> policy name or 'exempt'"
+    )
+    rate_limit_role_multipliers: dict[str, float] = Field(
+        default_factory=lambda: {"staff": 5.0, "admin": 10.0}
+    )
+    rate_limit_timeout: float = Field(0.25, gt=0, description="seconds before Redis counts as down")
+    trusted_proxies: NetworkList = Field(
+        default_factory=list, description="peers whose X-Forwarded-For is believed"
+    )
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     access_log: bool = True
 
@@ -124,7 +175,12 @@ class Settings(BaseSettings):
     ws_max_subscriptions: int = Field(100, ge=1)
 
     @field_validator(
-        "database_replica_urls", "cors_origins", "job_topics", "job_modules", mode="before"
+        "database_replica_urls",
+        "cors_origins",
+        "trusted_proxies",
+        "job_topics",
+        "job_modules",
+        mode="before",
     )
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
@@ -159,6 +215,29 @@ class Settings(BaseSettings):
             if not _TOPIC.match(topic):
                 raise ValueError(f"topic names are [a-z0-9_-]{{1,32}}: {topic!r}")
         return value
+
+    @field_validator("rate_limit_policies")
+    @classmethod
+    def _over_defaults(cls, value: dict[str, RatePolicy]) -> dict[str, RatePolicy]:
+        return {**DEFAULT_RATE_POLICIES, **value}
+
+    @field_validator("rate_limit_role_multipliers")
+    @classmethod
+    def _multipliers(cls, value: dict[str, float]) -> dict[str, float]:
+        if any(factor < 1 for factor in value.values()):
+            raise ValueError("role multipliers raise limits: each must be >= 1")
+        return value
+
+    @model_validator(mode="after")
+    def _routes_name_policies(self) -> Settings:
+        unknown = {
+            name
+            for name in self.rate_limit_routes.values()
+            if name != EXEMPT and name not in self.rate_limit_policies
+        }
+        if unknown:
+            raise ValueError(f"RATE_LIMIT_ROUTES names unknown policies: {sorted(unknown)}")
+        return self
 
     @model_validator(mode="after")
     def _replicas_need_primary(self) -> Settings:

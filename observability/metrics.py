@@ -149,6 +149,29 @@ def http_request(method: str, route: str, status: str) -> tuple[Any, Any]:
     return children
 
 
+# -- rate limiter ---------------------------------------------------------------------------
+
+RATELIMIT_DECISIONS = Counter(
+    "ratelimit_decisions_total",
+    "Rate-limit decisions by policy: allowed, limited (429), shadow (would have been limited), "
+    "fail_open / fail_closed (Redis unreachable).",
+    ["policy", "decision"],
+)
+RATELIMIT_REDIS_ERRORS = Counter(
+    "ratelimit_redis_errors_total", "Rate-limit checks that could not reach Redis."
+)
+_ratelimit_children: dict[tuple[str, str], Any] = {}
+
+
+def ratelimit(policy: str, decision: str) -> None:
+    child = _ratelimit_children.get((policy, decision))
+    if child is None:
+        child = _ratelimit_children[(policy, decision)] = RATELIMIT_DECISIONS.labels(
+            policy, decision
+        )
+    child.inc()
+
+
 class ActorMetrics:
     """The metric children of one actor, bound once so the hot path does no label lookups."""
 

@@ -16,21 +16,24 @@ from actors.health import HEALTH, HealthMonitor
 from config import Settings
 from observability.logging import AccessLog
 from server.middleware import limits, observe, problem_details, security_headers
+from server.ratelimit import LIMITER, RateLimiter, quota_headers, rate_limit
 from server.routes import operations
 from server.routing import install
 from server.state import ACTORS, LIFECYCLE, SETTINGS, Lifecycle
 from storage.postgres import ReplicaSet
 
-EXPOSED_HEADERS = ("X-Request-ID", "Retry-After")
+EXPOSED_HEADERS = ("X-Request-ID", "Retry-After", "RateLimit", "RateLimit-Policy")
 ALLOWED_HEADERS = ("Authorization", "Content-Type", "X-Request-ID")
 
 
 async def create_app(settings: Settings) -> web.Application:
     access_log = AccessLog() if settings.access_log else None
+    limiter = RateLimiter(settings) if settings.rate_limit_enabled else None
     app = web.Application(
         middlewares=[
             observe(access_log),
             problem_details(retry_after=settings.retry_after_seconds),
+            *([rate_limit(limiter)] if limiter else []),
             limits(timeout=settings.request_timeout, max_body=settings.max_body_bytes),
         ],
         client_max_size=settings.max_body_bytes,
@@ -40,6 +43,10 @@ async def create_app(settings: Settings) -> web.Application:
     app[ACTORS] = ActorSystem(
         mailbox_size=settings.actor_mailbox_size, stop_timeout=settings.shutdown_timeout
     )
+    if limiter is not None:
+        app[LIMITER] = limiter
+        app.cleanup_ctx.append(rate_limiter)
+        app.on_response_prepare.append(quota_headers())
     app.cleanup_ctx.append(actors)
     if access_log is not None:
         app.on_cleanup.append(lambda app: _flush(access_log))
@@ -48,6 +55,12 @@ async def create_app(settings: Settings) -> web.Application:
     allow_cors(app, settings.cors_origins)
     app.on_response_prepare.append(security_headers(hsts_seconds=settings.hsts_seconds))
     return app
+
+
+async def rate_limiter(app: web.Application) -> AsyncIterator[None]:
+    """The limiter's Redis client, open while the app runs."""
+    async with app[LIMITER].connected():
+        yield
 
 
 async def actors(app: web.Application) -> AsyncIterator[None]:

@@ -13,6 +13,7 @@ import pydantic
 from aiohttp import web
 
 from actors import errors
+from server.ratelimit import RateLimited
 from storage.postgres import CONNECTION_ERRORS
 from storage.redis import REDIS_UNAVAILABLE
 
@@ -36,6 +37,7 @@ PROBLEMS: dict[type[BaseException], Problem] = {
     errors.PermissionDenied: Problem(403, "forbidden", "Forbidden"),
     errors.NotFound: Problem(404, "not-found", "Not found"),
     errors.Conflict: Problem(409, "conflict", "Conflict"),
+    RateLimited: Problem(429, "rate-limited", "Too many requests", retry=True),
     errors.Overloaded: Problem(503, "overloaded", "Service overloaded", retry=True),
     errors.ActorStopped: Problem(503, "unavailable", "Service unavailable", retry=True),
     errors.DependencyUnavailable: Problem(
@@ -83,10 +85,12 @@ def from_exception(
         extra: dict[str, Any] = {}
         if isinstance(error, errors.InvalidInput):
             extra["errors"] = [{"field": e.field, "message": e.message} for e in error.errors]
-        detail = (
-            error.detail if isinstance(error, errors.DomainError | errors.RuntimeFailure) else ""
+        return problem_response(
+            problem,
+            getattr(error, "detail", ""),
+            retry_after=getattr(error, "retry_after", retry_after),
+            **extra,
         )
-        return problem_response(problem, detail, retry_after=retry_after, **extra)
     if isinstance(error, CONNECTION_ERRORS + REDIS_UNAVAILABLE):
         log.warning("dependency unavailable: %r", error)
         return problem_response(_UNAVAILABLE, "try again shortly", retry_after=retry_after)

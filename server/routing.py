@@ -50,6 +50,7 @@ class Endpoint:
     tag: str
     status: int = 200
     long_lived: bool = False
+    rate_limit: str = "default"
     body: type[pydantic.BaseModel] | None = None
     query: type[pydantic.BaseModel] | None = None
     path_params: type[pydantic.BaseModel] | None = None
@@ -73,11 +74,13 @@ class Routes:
         access: str,
         status: int = 200,
         long_lived: bool = False,
+        rate_limit: str = "default",
         name: str | None = None,
         **extra: Any,
     ) -> Callable[[Handler], Handler]:
         """Declare an endpoint. `access` is `PUBLIC` or the permission a caller must hold;
-        `long_lived` endpoints (streams, WebSockets) are exempt from the request deadline."""
+        `long_lived` endpoints (streams, WebSockets) are exempt from the request deadline;
+        `rate_limit` names the rate-limit policy charged (or `"exempt"`)."""
 
         def register(handler: Handler) -> Handler:
             signature = _signature(handler)
@@ -93,6 +96,7 @@ class Routes:
                     tag=self.tag,
                     status=status,
                     long_lived=long_lived,
+                    rate_limit=rate_limit,
                     body=signature.body,
                     query=signature.query,
                     path_params=_path_model(handler, full_path, signature.path),

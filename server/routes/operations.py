@@ -8,6 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from actors.health import HEALTH, CheckReadiness
+from config.settings import EXEMPT
 from observability import metrics
 from server.routing import PUBLIC, Routes, json_response
 from server.state import ACTORS, LIFECYCLE
@@ -15,13 +16,13 @@ from server.state import ACTORS, LIFECYCLE
 routes = Routes(tag="operations")
 
 
-@routes.get("/livez", access=PUBLIC)
+@routes.get("/livez", access=PUBLIC, rate_limit=EXEMPT)
 async def livez(request: web.Request) -> dict[str, str]:
     """The process is alive and its event loop answers."""
     return {"status": "ok"}
 
 
-@routes.get("/readyz", access=PUBLIC)
+@routes.get("/readyz", access=PUBLIC, rate_limit=EXEMPT)
 async def readyz(request: web.Request) -> web.Response:
     """Whether this process should get traffic: primary and Redis reachable, not draining.
 
@@ -42,7 +43,7 @@ async def readyz(request: web.Request) -> web.Response:
     return json_response(body, status=200 if report.ready else 503)
 
 
-@routes.get("/metrics", access=PUBLIC)
+@routes.get("/metrics", access=PUBLIC, rate_limit=EXEMPT)
 async def scrape(request: web.Request) -> web.Response:
     """Prometheus text exposition (summed over every API process)."""
     body, content_type = metrics.exposition()
