@@ -12,12 +12,16 @@ import aiohttp_cors
 from aiohttp import web
 
 from actors import ActorSystem
+from actors.errors import Unauthenticated
 from actors.health import HEALTH, HealthMonitor
+from actors.identity import Principal
+from actors.jobs import JOBS, JobsActor
 from config import Settings
 from observability.logging import AccessLog
+from server.live import LIVE, LiveHub
 from server.middleware import limits, observe, problem_details, security_headers
 from server.ratelimit import LIMITER, RateLimiter, quota_headers, rate_limit
-from server.routes import operations
+from server.routes import jobs, live, operations
 from server.routing import install
 from server.state import ACTORS, LIFECYCLE, SETTINGS, Lifecycle
 from storage.postgres import ReplicaSet
@@ -48,10 +52,12 @@ async def create_app(settings: Settings) -> web.Application:
         app.cleanup_ctx.append(rate_limiter)
         app.on_response_prepare.append(quota_headers())
     app.cleanup_ctx.append(actors)
+    app.cleanup_ctx.append(live_updates)
+    app.on_shutdown.append(_close_websockets)
     if access_log is not None:
         app.on_cleanup.append(lambda app: _flush(access_log))
 
-    install(app, operations.routes)
+    install(app, operations.routes, jobs.routes, live.routes)
     allow_cors(app, settings.cors_origins)
     app.on_response_prepare.append(security_headers(hsts_seconds=settings.hsts_seconds))
     return app
@@ -69,7 +75,23 @@ async def actors(app: web.Application) -> AsyncIterator[None]:
     replicas = ReplicaSet(len(settings.replica_dsns))
     async with app[ACTORS] as system:
         await system.spawn(HEALTH, lambda: HealthMonitor(settings, replicas), concurrency=4)
+        await system.spawn(JOBS, lambda: JobsActor(settings, replicas), concurrency=128)
         yield
+
+
+async def live_updates(app: web.Application) -> AsyncIterator[None]:
+    """Job events pushed to WebSocket clients (after the actors: it asks the jobs actor)."""
+    async with LiveHub(app[SETTINGS], _authenticate).running() as hub:
+        app[LIVE] = hub
+        yield
+
+
+async def _close_websockets(app: web.Application) -> None:
+    await app[LIVE].close_all()
+
+
+async def _authenticate(token: str) -> Principal:
+    raise Unauthenticated("access tokens are verified once the auth work lands")
 
 
 async def _flush(access_log: AccessLog) -> None:
