@@ -38,18 +38,20 @@ async def steps(ctx: JobContext, params: Steps) -> dict[str, Any]:
     return {"steps": params.steps, "attempt": ctx.attempt, "runs": runs}
 
 
-@job_type("test_crash", topic="default", params=Steps, max_attempts=3)
-async def crash(ctx: JobContext, params: Steps) -> None:
-    """Kills its own worker: a poison job."""
-    await _count_run(ctx, params.marker)
-    os.kill(os.getpid(), signal.SIGKILL)
+@job_type("test_crash", topic="default", params=Steps, permission="jobs:submit", max_attempts=3)
+async def crash(ctx: JobContext, params: Steps) -> dict[str, int]:
+    """Kills its own worker while `test-poison:<marker>` is set: a poison job."""
+    runs = await _count_run(ctx, params.marker)
+    if await ctx.resources.redis.exists(f"test-poison:{params.marker}"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return {"runs": runs}
 
 
-@job_type("test_invalid", topic="default", params=Steps, max_attempts=3)
+@job_type("test_invalid", topic="default", params=Steps, permission="jobs:submit")
 async def invalid(ctx: JobContext, params: Steps) -> None:
     raise PermanentFailure("this job can never succeed")
 
 
-@job_type("test_noop", topic="default", params=Input, max_attempts=1)
+@job_type("test_noop", topic="default", params=Input, permission="jobs:submit")
 async def noop(ctx: JobContext, params: Input) -> None:
     return None

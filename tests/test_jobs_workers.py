@@ -1,0 +1,113 @@
+"""Jobs on real worker and scheduler processes, against the real PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+import itertools
+import signal
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from config import Settings
+from scheduler.execution import backoff
+from tests.conftest import eventually, settings_for
+from tests.jobs_support import FAST, Jobs, job_queue
+
+
+@pytest.fixture(scope="module")
+def job_settings(base_settings: Settings, database) -> Settings:
+    return settings_for(database, base_settings, **FAST)
+
+
+@pytest.fixture
+async def queue(job_settings: Settings, tmp_path: Path) -> AsyncIterator[Jobs]:
+    async with job_queue(job_settings, tmp_path) as jobs:
+        yield jobs
+
+
+def states(events) -> list[str]:
+    return [e["state"] for e in events]
+
+
+async def test_jobs_sent_before_any_worker_runs_and_a_sigkilled_run_completes_once(
+    queue: Jobs,
+) -> None:
+    marker = uuid.uuid4().hex
+    job_id = await queue.submit("test_steps", {"steps": 20, "pause": 0.1, "marker": marker})
+    first = await queue.worker("default").start()  # the job was sent before any worker existed
+
+    async def midway() -> bool:
+        return (await queue.job(job_id))["progress"] >= 20
+
+    await eventually(midway)
+    first.signal(signal.SIGKILL)
+    await first.wait()
+    await queue.worker("default").start()  # no other traffic: only the reclaim timer finds it
+
+    done = await queue.until(job_id, "succeeded", "dead", timeout=25)
+    assert done["state"] == "succeeded"
+    assert done["attempts"] == 2
+    assert done["result"] == {"steps": 20, "attempt": 2, "runs": 2}
+    assert await queue.runs(marker) == 2  # killed once, completed once
+    assert states(await queue.events(job_id)).count("succeeded") == 1
+
+
+async def test_failed_attempts_retry_with_growing_backoff(queue: Jobs) -> None:
+    await queue.worker("default").start()
+    job_id = await queue.submit("test_steps", {"steps": 1, "pause": 0, "fail_times": 3})
+
+    done = await queue.until(job_id, "succeeded", "dead", timeout=20)
+    assert done["state"] == "succeeded"
+    assert done["attempts"] == 4
+    events = await queue.events(job_id)
+    waits = [
+        (after["created_at"] - before["created_at"]).total_seconds()
+        for before, after in itertools.pairwise(events)
+        if before["state"] == "retrying" and after["state"] == "running"
+    ]
+    base = FAST["job_backoff_seconds"]
+    assert len(waits) == 3
+    for attempt, waited in enumerate(waits, start=1):
+        assert waited >= base * 2 ** (attempt - 1) / 2  # never earlier than the backoff's floor
+    assert waits[0] < waits[2]
+    assert next(e["message"] for e in events if e["state"] == "retrying").startswith(
+        "attempt 1 failed"
+    )
+
+
+def test_backoff_doubles_with_jitter_and_a_cap() -> None:
+    for attempt in range(1, 8):
+        delay = backoff(attempt, 1.0, 20.0)
+        full = min(20.0, 2.0 ** (attempt - 1))
+        assert full / 2 <= delay <= full
+
+
+async def test_a_poison_job_is_dead_lettered_then_replayed(queue: Jobs) -> None:
+    marker = uuid.uuid4().hex
+    await queue.redis.set(f"test-poison:{marker}", 1)
+    job_id = await queue.submit("test_crash", {"marker": marker})
+    crashes = 0
+    while (await queue.job(job_id))["state"] != "dead":  # each attempt kills its worker
+        worker = await queue.worker("default").start()
+
+        async def settled(worker=worker) -> bool:
+            exited = worker.process is not None and worker.process.returncode is not None
+            return exited or (await queue.job(job_id))["state"] == "dead"
+
+        await eventually(settled, timeout=15)
+        crashes += worker.process is not None and worker.process.returncode == -signal.SIGKILL
+    dead = await queue.job(job_id)
+    assert crashes == 3
+    assert dead["attempts"] == 3
+    assert "lost 3 times" in dead["error"]
+    assert await queue.runs(marker) == 3
+
+    await queue.redis.delete(f"test-poison:{marker}")  # the cause is fixed: an admin replays it
+    replayed = await queue.replay(job_id)
+    assert replayed.state == "queued"
+    assert replayed.attempts == 0
+    done = await queue.until(job_id, "succeeded", timeout=15)
+    assert done["attempts"] == 1
+    assert done["result"] == {"runs": 4}
