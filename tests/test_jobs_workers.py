@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from config import Settings
+from scheduler.broker import JobKeys
 from scheduler.execution import backoff
 from tests.conftest import eventually, settings_for
 from tests.jobs_support import FAST, Jobs, job_queue
@@ -111,3 +112,81 @@ async def test_a_poison_job_is_dead_lettered_then_replayed(queue: Jobs) -> None:
     done = await queue.until(job_id, "succeeded", timeout=15)
     assert done["attempts"] == 1
     assert done["result"] == {"runs": 4}
+
+
+async def test_sigterm_lets_short_jobs_finish_and_returns_long_ones(queue: Jobs) -> None:
+    worker = await queue.worker("default").start()
+    short = [await queue.submit("test_steps", {"steps": 2, "pause": 0.2}) for _ in range(3)]
+    long = [await queue.submit("test_steps", {"steps": 50, "pause": 0.1}) for _ in range(3)]
+
+    async def all_running() -> bool:
+        return all([(await queue.job(j))["state"] == "running" for j in short + long])
+
+    await eventually(all_running)
+    worker.signal(signal.SIGTERM)
+    assert await worker.wait(timeout=15) == 0  # it exits: nothing hangs on shutdown
+
+    for job_id in short:  # finished within JOB_SHUTDOWN_TIMEOUT
+        assert (await queue.job(job_id))["state"] == "succeeded"
+    for job_id in long:  # handed back, the interrupted attempt not counted
+        row = await queue.job(job_id)
+        assert (row["state"], row["attempts"]) == ("queued", 0)
+        assert (await queue.events(job_id))[-1]["message"] == (
+            "returned to the queue: the worker stopped"
+        )
+
+    await queue.worker("default").start()
+    for job_id in long:
+        done = await queue.until(job_id, "succeeded", timeout=20)
+        assert done["attempts"] == 1
+        assert states(await queue.events(job_id)).count("succeeded") == 1
+
+
+async def test_cancel_stops_a_running_job_and_a_waiting_one(queue: Jobs) -> None:
+    await queue.worker("default").start()
+    running = await queue.submit("test_steps", {"steps": 100, "pause": 0.1})
+    await queue.until(running, "running")
+    asked = await queue.cancel(running)
+    assert asked.cancel_requested
+    cancelled = await queue.until(running, "cancelled", timeout=10)
+    assert cancelled["progress"] < 100
+    assert cancelled["finished_at"] is not None
+
+    waiting = await queue.submit("test_steps", {"steps": 1, "pause": 0, "fail_times": 4})
+    await queue.until(waiting, "retrying")
+    assert (await queue.cancel(waiting)).state == "cancelled"
+    delayed = JobKeys(queue.settings.redis_namespace).delayed
+
+    async def delivered() -> bool:  # its delayed retry still arrives, and must change nothing
+        return await queue.redis.zcard(delayed) == 0
+
+    await eventually(delivered)
+    assert states(await queue.events(waiting))[-2:] == ["retrying", "cancelled"]
+    assert (await queue.job(waiting))["state"] == "cancelled"
+
+
+async def test_two_schedulers_enqueue_one_job_per_period(queue: Jobs) -> None:
+    every = {"JOB_MAINTENANCE_INTERVAL": "1"}
+    await queue.scheduler(**every).start()
+    await queue.scheduler(**every).start()
+    await queue.worker("maintenance").start()
+
+    async def periods() -> list:
+        async with queue.db.primary() as conn:
+            return await conn.fetch(
+                "SELECT idempotency_key, state, result FROM jobs WHERE type = 'maintenance' "
+                "AND idempotency_key LIKE 'schedule:maintenance:1:%' ORDER BY idempotency_key"
+            )
+
+    async def three_done() -> bool:
+        return sum(row["state"] == "succeeded" for row in await periods()) >= 3
+
+    await eventually(three_done, timeout=20)
+    rows = await periods()
+    numbers = [int(row["idempotency_key"].rsplit(":", 1)[1]) for row in rows]
+    assert numbers == list(range(numbers[0], numbers[0] + len(numbers)))  # one per period, no gap
+    assert all(
+        set(r["result"]) == {"partitions_created", "partitions_dropped", "jobs_deleted"}
+        for r in rows
+        if r["state"] == "succeeded"
+    )
