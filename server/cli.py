@@ -1,6 +1,6 @@
 """The `backend` command.
 
-backend up                      services (when no URLs are set), migrations, API server
+backend up                      services (when no URLs are set), migrations, API, worker, scheduler
 backend serve [--workers N]     the API server (one process per core by default)
 backend migrate                 apply pending migrations
 backend worker [--topics a,b]   a worker running the jobs of those topics (default: all)
@@ -23,7 +23,7 @@ from pydantic import SecretStr
 
 from config import ConfigError, Settings, load_settings
 from observability.logging import configure_logging
-from server.runner import serve
+from server.runner import serve, serve_everything
 from storage.embedded import EmbeddedServices, ServicesError
 from storage.migrations import MigrationError, migrate
 
@@ -90,7 +90,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         settings = resolve(settings)
         _migrate(settings)
         print(f"API on http://{settings.host}:{settings.port}  (Ctrl-C stops everything)")
-        return serve(settings, workers(settings))
+        return serve_everything(settings, workers(settings))
     finally:
         if started_here:
             embedded.stop(started_here)
