@@ -23,6 +23,7 @@ from uuid import UUID
 import orjson
 from asyncpg import Record
 
+from actors.access import permits
 from actors.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from actors.identity import Principal
 from actors.runtime import Actor, Message, handler
@@ -40,24 +41,18 @@ from storage.jobs import NewJob
 from storage.postgres import Connection, Database, ReplicaSet
 from storage.redis import open_redis
 
-STAFF_ROLES = ("staff", "admin")
 REPLAY_LIMIT = 1000
 
-# Who may submit each kind of job (a job type names one of these as its permission).
-JOB_PERMISSIONS: dict[str, frozenset[str]] = {
-    "jobs:submit": frozenset({"customer", "staff", "admin"}),
-    "jobs:reports": frozenset({"staff", "admin"}),
-}
 
 
 def is_staff(principal: Principal) -> bool:
-    return principal.has_role(*STAFF_ROLES)
+    """Staff see every job; everyone else only their own."""
+    return permits(principal.roles, "jobs:manage")
 
 
 def may_submit(principal: Principal, permission: str | None) -> bool:
-    if permission is None:
-        return False
-    return not principal.roles.isdisjoint(JOB_PERMISSIONS.get(permission, ()))
+    """A job type names the permission its submitters need; None: only the system submits it."""
+    return permission is not None and permits(principal.roles, permission)
 
 
 # -- messages --------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from pydantic import (
     AnyUrl,
     BaseModel,
     ConfigDict,
+    EmailStr,
     Field,
     IPvAnyNetwork,
     SecretStr,
@@ -174,6 +175,24 @@ class Settings(BaseSettings):
     ws_max_connections_per_user: int = Field(8, ge=1)
     ws_max_subscriptions: int = Field(100, ge=1)
 
+    # -- accounts and tokens (issue 3) --
+    jwt_keys: SecretList = Field(
+        default_factory=list,
+        description="`kid:secret,...`: the first signs, all verify; generated in dev/test if unset",
+    )
+    jwt_algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"
+    jwt_issuer: str = Field("backend", min_length=1)
+    jwt_audience: str = Field("backend-api", min_length=1)
+    access_token_seconds: int = Field(900, ge=30, le=86_400)
+    refresh_token_days: int = Field(30, ge=1, le=365)
+    password_time_cost: int = Field(2, ge=1, le=20)
+    password_memory_kib: int = Field(19_456, ge=1024, le=4_194_304)
+    password_parallelism: int = Field(1, ge=1, le=16)
+    password_hash_threads: int = Field(2, ge=1, le=64)
+    admin_email: EmailStr | None = None
+    admin_password: SecretStr | None = None
+    read_your_writes_seconds: float = Field(5.0, ge=0, le=3600)
+
     @field_validator(
         "database_replica_urls",
         "cors_origins",
@@ -252,6 +271,30 @@ class Settings(BaseSettings):
             raise ValueError("JOB_HEARTBEAT_INTERVAL must be at most half of JOB_CLAIM_TIMEOUT")
         return self
 
+    @field_validator("jwt_keys", mode="before")
+    @classmethod
+    def _key_list(cls, value: Any) -> Any:
+        return _split(value)
+
+    @field_validator("jwt_keys")
+    @classmethod
+    def _key_entries(cls, value: list[SecretStr]) -> list[SecretStr]:
+        kids = [signing_key(item)[0] for item in value]
+        if len(set(kids)) != len(kids):
+            raise ValueError("each key id may appear once")
+        return value
+
+    @model_validator(mode="after")
+    def _production_keys(self) -> Settings:
+        if self.app_env == "prod" and not self.jwt_keys:
+            raise ValueError("JWT_KEYS must be set when APP_ENV=prod (kid:secret,...)")
+        return self
+
+    @property
+    def signing_keys(self) -> list[tuple[str, bytes]]:
+        """`(kid, secret)` pairs from `JWT_KEYS`, the signing key first."""
+        return [signing_key(item) for item in self.jwt_keys]
+
     @property
     def uses_embedded_services(self) -> bool:
         return self.database_url is None or self.redis_url is None
@@ -271,6 +314,20 @@ class Settings(BaseSettings):
     def redacted(self) -> dict[str, Any]:
         """The settings as start-up logs them: secrets masked."""
         return self.model_dump(mode="json")
+
+
+_KID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+MIN_KEY_BYTES = 32
+
+
+def signing_key(entry: SecretStr) -> tuple[str, bytes]:
+    """`kid:secret` -> `(kid, secret bytes)`; errors never quote the secret."""
+    kid, sep, secret = entry.get_secret_value().partition(":")
+    if not sep or not _KID.match(kid):
+        raise ValueError("each key is `kid:secret`, kid of letters, digits, `._-`")
+    if len(secret.encode()) < MIN_KEY_BYTES:
+        raise ValueError(f"key {kid!r} is shorter than {MIN_KEY_BYTES} bytes")
+    return kid, secret.encode()
 
 
 def _required(value: SecretStr | None, variable: str) -> str:

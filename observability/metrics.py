@@ -135,6 +135,42 @@ WS_CLOSED = Counter(
 )
 
 
+# -- accounts, catalog and orders (issue 3) --------------------------------------------------
+
+PASSWORD_HASHING = Histogram(
+    "password_hash_seconds",
+    "Argon2id work by operation (hash, verify), including the wait for a hashing thread.",
+    ["operation"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+AUTH_EVENTS = Counter(
+    "auth_events_total",
+    "Authentication outcomes: login, login_failed, refresh, refresh_reuse, logout, rejected.",
+    ["event"],
+)
+CACHE_LOOKUPS = Counter(
+    "cache_lookups_total",
+    "Catalog cache lookups by layer (near: in-process, redis) and result (hit, miss).",
+    ["cache", "result"],
+)
+CACHE_INVALIDATIONS = Counter(
+    "cache_invalidations_total", "Catalog cache invalidations received, by origin.", ["origin"]
+)
+CACHE_FILLS_SKIPPED = Counter(
+    "cache_fills_skipped_total",
+    "Cache fills dropped because a write to the same data happened while they were read.",
+)
+ORDERS = Counter(
+    "orders_total",
+    "Order requests by outcome: placed, replayed, out_of_stock, cancelled, transition.",
+    ["outcome"],
+)
+READS_AFTER_WRITE = Counter(
+    "reads_after_write_total",
+    "Reads that had to see the caller's own recent write (a read floor), by where they ran.",
+    ["target"],
+)
+
 _http_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
 

@@ -6,28 +6,44 @@ start-up in list order, the code after it at shutdown in reverse, so both read t
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp_cors
 from aiohttp import web
 
 from actors import ActorSystem
-from actors.errors import Unauthenticated
+from actors.accounts import ACCOUNTS, Accounts
 from actors.health import HEALTH, HealthMonitor
 from actors.identity import Principal
 from actors.jobs import JOBS, JobsActor
+from actors.sessions import SESSIONS, Authenticate, Sessions
+from actors.tokens import AccessTokens
 from config import Settings
 from observability.logging import AccessLog
+from server.access import authenticate, authorize, check_routes
 from server.live import LIVE, LiveHub
 from server.middleware import limits, observe, problem_details, security_headers
 from server.ratelimit import LIMITER, RateLimiter, quota_headers, rate_limit
-from server.routes import jobs, live, operations
+from server.routes import admin, auth, jobs, live, operations
 from server.routing import install
 from server.state import ACTORS, LIFECYCLE, SETTINGS, Lifecycle
 from storage.postgres import ReplicaSet
 
-EXPOSED_HEADERS = ("X-Request-ID", "Retry-After", "RateLimit", "RateLimit-Policy")
-ALLOWED_HEADERS = ("Authorization", "Content-Type", "X-Request-ID")
+EXPOSED_HEADERS = (
+    "X-Request-ID",
+    "Retry-After",
+    "RateLimit",
+    "RateLimit-Policy",
+    "X-Read-After",
+    "Idempotent-Replayed",
+)
+ALLOWED_HEADERS = (
+    "Authorization",
+    "Content-Type",
+    "X-Request-ID",
+    "X-Read-After",
+    "Idempotency-Key",
+)
 
 
 async def create_app(settings: Settings) -> web.Application:
@@ -37,7 +53,9 @@ async def create_app(settings: Settings) -> web.Application:
         middlewares=[
             observe(access_log),
             problem_details(retry_after=settings.retry_after_seconds),
+            authenticate(timeout=settings.request_timeout),
             *([rate_limit(limiter)] if limiter else []),
+            authorize(),
             limits(timeout=settings.request_timeout, max_body=settings.max_body_bytes),
         ],
         client_max_size=settings.max_body_bytes,
@@ -57,7 +75,10 @@ async def create_app(settings: Settings) -> web.Application:
     if access_log is not None:
         app.on_cleanup.append(lambda app: _flush(access_log))
 
-    install(app, operations.routes, jobs.routes, live.routes)
+    install(app, operations.routes)
+    install(app, auth.routes, admin.routes)
+    install(app, jobs.routes, live.routes)
+    app.on_startup.append(check_routes)
     allow_cors(app, settings.cors_origins)
     app.on_response_prepare.append(security_headers(hsts_seconds=settings.hsts_seconds))
     return app
@@ -75,13 +96,22 @@ async def actors(app: web.Application) -> AsyncIterator[None]:
     replicas = ReplicaSet(len(settings.replica_dsns))
     async with app[ACTORS] as system:
         await system.spawn(HEALTH, lambda: HealthMonitor(settings, replicas), concurrency=4)
+        tokens = AccessTokens.from_settings(settings)
+        sessions = await system.spawn(
+            SESSIONS, lambda: Sessions(settings, tokens), concurrency=settings.redis_pool_size
+        )
+        await system.spawn(
+            ACCOUNTS,
+            lambda: Accounts(settings, tokens, replicas, sessions),
+            concurrency=settings.db_pool_size,
+        )
         await system.spawn(JOBS, lambda: JobsActor(settings, replicas), concurrency=128)
         yield
 
 
 async def live_updates(app: web.Application) -> AsyncIterator[None]:
     """Job events pushed to WebSocket clients (after the actors: it asks the jobs actor)."""
-    async with LiveHub(app[SETTINGS], _authenticate).running() as hub:
+    async with LiveHub(app[SETTINGS], _authenticator(app)).running() as hub:
         app[LIVE] = hub
         yield
 
@@ -90,8 +120,14 @@ async def _close_websockets(app: web.Application) -> None:
     await app[LIVE].close_all()
 
 
-async def _authenticate(token: str) -> Principal:
-    raise Unauthenticated("access tokens are verified once the auth work lands")
+def _authenticator(app: web.Application) -> Callable[[str], Awaitable[Principal]]:
+    """Verifies a WebSocket's first-message token as the HTTP middleware does a bearer header."""
+
+    async def authenticate(token: str) -> Principal:
+        session = await app[ACTORS][SESSIONS].ask(Authenticate(token))
+        return session.principal
+
+    return authenticate
 
 
 async def _flush(access_log: AccessLog) -> None:

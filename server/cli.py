@@ -5,6 +5,7 @@ backend serve [--workers N]     the API server (one process per core by default)
 backend migrate                 apply pending migrations
 backend worker [--topics a,b]   a worker running the jobs of those topics (default: all)
 backend scheduler               periodic jobs (safe to run more than one)
+backend seed                    the first admin and the demo catalog (idempotent)
 backend services start|stop|status
 """
 
@@ -24,6 +25,7 @@ from pydantic import SecretStr
 from config import ConfigError, Settings, load_settings
 from observability.logging import configure_logging
 from server.runner import serve, serve_everything
+from server.seed import seed
 from storage.embedded import EmbeddedServices, ServicesError
 from storage.migrations import MigrationError, migrate
 
@@ -71,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--metrics-port", type=int, help="serve this process's metrics here")
     scheduler = command("scheduler", cmd_scheduler, "enqueue periodic jobs")
     scheduler.add_argument("--metrics-port", type=int, help="serve this process's metrics here")
+    command("seed", cmd_seed, "create the first admin and the demo catalog")
     services = command("services", cmd_services, "manage the embedded PostgreSQL and Redis")
     services.add_argument("action", choices=("start", "stop", "status"))
     return parser
@@ -89,6 +92,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     try:
         settings = resolve(settings)
         _migrate(settings)
+        _seed(settings)
         print(f"API on http://{settings.host}:{settings.port}  (Ctrl-C stops everything)")
         return serve_everything(settings, workers(settings))
     finally:
@@ -118,6 +122,11 @@ def cmd_scheduler(settings: Settings, args: argparse.Namespace) -> int:
 
     port = args.metrics_port if args.metrics_port is not None else settings.scheduler_metrics_port
     return uvloop.run(run_scheduler(resolve(settings), port))
+
+
+def cmd_seed(settings: Settings, args: argparse.Namespace) -> int:
+    _seed(resolve(settings))
+    return 0
 
 
 def cmd_services(settings: Settings, args: argparse.Namespace) -> int:
@@ -195,6 +204,11 @@ def _migrate(settings: Settings) -> None:
     applied = asyncio.run(migrate(settings.primary_dsn))
     names = ", ".join(m.filename for m in applied) or "none pending"
     print(f"migrations applied: {names}")
+
+
+def _seed(settings: Settings) -> None:
+    for line in asyncio.run(seed(settings)):
+        print(f"seed: {line}")
 
 
 if __name__ == "__main__":

@@ -28,12 +28,18 @@ class Problem:
     slug: str
     title: str
     retry: bool = False  # answer with Retry-After: the same request may succeed later
+    headers: tuple[tuple[str, str], ...] = ()  # sent with every answer of this kind
 
 
 # Each failure, most specific first where one derives from another.
 PROBLEMS: dict[type[BaseException], Problem] = {
     errors.InvalidInput: Problem(422, "validation-failed", "Request validation failed"),
-    errors.Unauthenticated: Problem(401, "unauthenticated", "Authentication required"),
+    errors.Unauthenticated: Problem(
+        401,
+        "unauthenticated",
+        "Authentication required",
+        headers=(("WWW-Authenticate", 'Bearer realm="api"'),),
+    ),
     errors.PermissionDenied: Problem(403, "forbidden", "Forbidden"),
     errors.NotFound: Problem(404, "not-found", "Not found"),
     errors.Conflict: Problem(409, "conflict", "Conflict"),
@@ -69,6 +75,7 @@ def problem_response(
     )
     if problem.retry:
         response.headers["Retry-After"] = str(retry_after)
+    response.headers.extend(problem.headers)
     return response
 
 

@@ -15,6 +15,7 @@ the policy decides: fail open (serve, count, log once per interval) or closed (5
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import logging
 import math
@@ -169,6 +170,11 @@ class RateLimiter:
     def _is_trusted(self, address: str) -> bool:
         parsed = _parse(address)
         return parsed is not None and any(parsed in network for network in self._trusted)
+
+
+def account_key(email: str) -> str:
+    """The per-account bucket's identity: a digest, so no address is stored in Redis."""
+    return "acct:" + hashlib.sha256(email.strip().lower().encode()).hexdigest()[:32]
 
 
 def _parse(address: str) -> IPAddress | None:

@@ -129,6 +129,18 @@ class Routes:
 
 ENDPOINTS = web.AppKey("endpoints", list[Endpoint])
 
+R = typing.TypeVar("R")
+
+
+@dataclass(frozen=True, slots=True)
+class Reply(typing.Generic[R]):
+    """A handler's answer with headers of its own: `-> Reply[Product]` declares `Product` as
+    the response model, and the view sends `body` with `headers` (and `status` if given)."""
+
+    body: R
+    headers: dict[str, str] = field(default_factory=dict)
+    status: int | None = None
+
 
 def install(app: web.Application, *groups: Routes) -> None:
     """Add every endpoint of `groups` to the app's router."""
@@ -153,8 +165,15 @@ def json_response(
     if isinstance(data, pydantic.BaseModel):
         body = data.__pydantic_serializer__.to_json(data)
     else:
-        body = orjson.dumps(data)
+        body = orjson.dumps(data, default=_encode)
     return web.Response(body=body, status=status, content_type="application/json", headers=headers)
+
+
+def _encode(value: Any) -> Any:
+    """What orjson cannot encode itself: models nested in lists and dicts."""
+    if isinstance(value, pydantic.BaseModel):
+        return value.model_dump(mode="json")
+    raise TypeError(f"cannot encode {type(value).__name__}")
 
 
 # -- building views -------------------------------------------------------------------------
@@ -175,8 +194,12 @@ def _signature(handler: Handler) -> _Signature:
         body=hints.get("body") if "body" in parameters else None,
         query=hints.get("query") if "query" in parameters else None,
         path={name: hints[name] for name in parameters if name not in ("body", "query")},
-        response=hints.get("return"),
+        response=_unwrap_reply(hints.get("return")),
     )
+
+
+def _unwrap_reply(annotation: Any) -> Any:
+    return get_args(annotation)[0] if get_origin(annotation) is Reply else annotation
 
 
 def _path_model(
@@ -214,6 +237,12 @@ def _view(endpoint: Endpoint) -> Handler:
         result = await endpoint.handler(request, **kwargs)
         if isinstance(result, web.StreamResponse):
             return result
+        if result is None:
+            return web.Response(status=endpoint.status)
+        if isinstance(result, Reply):
+            return json_response(
+                result.body, status=result.status or endpoint.status, headers=result.headers
+            )
         return json_response(result, status=endpoint.status)
 
     view.endpoint = endpoint  # type: ignore[attr-defined]

@@ -253,3 +253,34 @@ def test_routes_may_only_name_known_policies() -> None:
         load_settings(rate_limit_routes={"cheap": "no-such-policy"})
     with pytest.raises(ConfigError, match="RATE_LIMIT_ROLE_MULTIPLIERS"):
         load_settings(rate_limit_role_multipliers={"admin": 0.5})
+
+
+async def test_hammering_login_gets_429_after_the_burst(limited: Factory) -> None:
+    client = await limited({"auth": {"capacity": 3, "per_second": 0.05}})
+    attempt = {"email": "nobody@example.com", "password": "wrong-password"}
+    statuses = [(await client.post("/api/v1/auth/login", json=attempt)).status for _ in range(3)]
+    assert statuses == [401, 401, 401]
+    refused = await client.post("/api/v1/auth/login", json=attempt)
+    assert refused.status == 429
+    assert int(refused.headers["Retry-After"]) == 20  # one token at 0.05/s
+    assert refused.headers["RateLimit-Policy"] == '"auth";q=3;w=60'
+
+
+async def test_login_attempts_on_one_account_are_limited_from_anywhere(limited: Factory) -> None:
+    client = await limited(
+        {"login-account": {"capacity": 2, "per_second": 0.01}}, trusted_proxies="127.0.0.1"
+    )
+
+    async def attempt(email: str, source: str) -> int:
+        response = await client.post(
+            "/api/v1/auth/login",
+            json={"email": email, "password": "wrong-password"},
+            headers={"X-Forwarded-For": source},
+        )
+        return response.status
+
+    target = "victim@example.com"
+    statuses = [await attempt(target, f"198.51.100.{i}") for i in range(1, 4)]
+    assert statuses == [401, 401, 429]  # three addresses, one account
+    assert await attempt("TARGET-other@example.com", "198.51.100.9") == 401
+    assert await attempt(" Victim@Example.com", "198.51.100.10") == 429  # same account
