@@ -24,7 +24,7 @@ import orjson
 from asyncpg import Record
 
 from actors.access import permits
-from actors.errors import Conflict, InvalidInput, NotFound, PermissionDenied
+from actors.errors import Conflict, FieldError, InvalidInput, NotFound, PermissionDenied
 from actors.identity import Principal
 from actors.runtime import Actor, Message, handler
 from actors.system import ActorKey
@@ -42,7 +42,6 @@ from storage.postgres import Connection, Database, ReplicaSet
 from storage.redis import open_redis
 
 REPLAY_LIMIT = 1000
-
 
 
 def is_staff(principal: Principal) -> bool:
@@ -178,7 +177,9 @@ class JobsActor(Actor):
 
     @handler
     async def submit(self, message: SubmitJob) -> Submitted:
-        job_type = registry.lookup(message.type)
+        job_type = registry.REGISTRY.get(message.type)
+        if job_type is None:
+            raise InvalidInput("unknown job type", [FieldError("type", "no such job type")])
         if not may_submit(message.principal, job_type.permission):
             raise PermissionDenied(f"you may not submit {job_type.name} jobs")
         params = job_type.parse(message.params).model_dump(mode="json")
@@ -352,7 +353,9 @@ def _decode_cursor(cursor: str) -> tuple[datetime, UUID]:
         created, job_id = raw.split("|")
         return datetime.fromisoformat(created), UUID(job_id)
     except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidInput("bad cursor", []) from None
+        raise InvalidInput(
+            "bad cursor", [FieldError("cursor", "not a cursor from this API")]
+        ) from None
 
 
 JOBS = ActorKey[JobsActor]("jobs")
