@@ -171,6 +171,9 @@ class Settings(BaseSettings):
     scheduler_metrics_port: int | None = Field(None, ge=0, le=65535)
     ws_heartbeat_seconds: float = Field(20.0, gt=0)
     ws_auth_timeout: float = Field(10.0, gt=0)
+    ws_recheck_seconds: float = Field(
+        30.0, gt=0, description="how often open sockets' tokens are checked again"
+    )
     ws_send_buffer: int = Field(256, ge=1, description="messages queued per client at most")
     ws_max_connections_per_user: int = Field(8, ge=1)
     ws_max_subscriptions: int = Field(100, ge=1)

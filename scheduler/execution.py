@@ -37,7 +37,7 @@ from scheduler.context import JobContext, Resources
 from scheduler.model import Change, JobState
 from scheduler.records import Records
 from scheduler.registry import REGISTRY, JobType, PermanentFailure
-from scheduler.tracing import continued_trace
+from scheduler.tracing import continued_trace, outgoing
 from storage import jobs
 from storage.jobs import Outcome
 from storage.postgres import Connection
@@ -122,8 +122,8 @@ class JobRunner:
             return
         metrics.JOBS_STARTED.labels(*labels).inc()
         outcome = await self._execute(job_type, row, labels)
-        if await self._outcomes.submit(outcome) and delivery is not None:
-            await self._hand_on(outcome, delivery)
+        if await self._outcomes.submit(outcome):
+            await self._hand_on(outcome, delivery, job_type.name, labels[1])
 
     async def _not_claimed(self, row: Record | None, delivery: Delivery | None) -> None:
         """Someone else holds a live lease on the job: look again when it would expire.
@@ -191,13 +191,25 @@ class JobRunner:
             message=f"attempt {attempt} failed; next in {delay:.1f}s",
         )
 
-    async def _hand_on(self, outcome: Outcome, delivery: Delivery) -> None:
+    async def _hand_on(
+        self, outcome: Outcome, delivery: Delivery | None, job_type: str, topic: str
+    ) -> None:
         """After the record: a retry waits in the delayed set, a returned job goes back to its
-        stream; either way this delivery is settled atomically with the hand-over."""
-        if outcome.state == JobState.RETRYING and outcome.run_at is not None:
-            await self.broker.defer(delivery, outcome.run_at.timestamp())
+        stream; the delivery is settled atomically with the hand-over (a fresh message is sent
+        when there is no delivery to hand on, so a retry never waits for nothing)."""
+        due = outcome.run_at.timestamp() if outcome.run_at is not None else None
+        if outcome.state == JobState.RETRYING and due is not None:
+            if delivery is not None:
+                await self.broker.defer(delivery, due)
+            else:
+                message = self.broker.message(str(outcome.job_id), job_type, topic, outgoing())
+                await self.broker.send_later(topic, message, due)
         elif outcome.state == JobState.QUEUED:
-            await self.broker.give_back(delivery)
+            if delivery is not None:
+                await self.broker.give_back(delivery)
+            else:
+                message = self.broker.message(str(outcome.job_id), job_type, topic, outgoing())
+                await self.broker.send([(topic, message)])
 
     # -- control ----------------------------------------------------------------------------
 

@@ -43,6 +43,7 @@ from aiohttp import WSCloseCode, web
 from pydantic import Field
 from redis.asyncio import Redis
 
+from actors.errors import DomainError
 from actors.identity import Principal
 from config import Settings
 from observability import metrics
@@ -54,8 +55,9 @@ from storage.redis import open_redis
 
 log = logging.getLogger("backend.live")
 
-CONNECTION_TTL = 90.0  # a connection not renewed for this long stops counting for its user
-RENEW_EVERY = 30.0
+# A connection not renewed for this many re-check periods stops counting for its user.
+CONNECTION_TTL_PERIODS = 3
+RECHECK_BATCH = 200
 MAX_MESSAGE = 64 * 1024
 # Close codes beyond the standard ones, in the application range (4000-4999), after HTTP's.
 CLOSE_UNAUTHENTICATED = 4401
@@ -115,14 +117,18 @@ class Client:
         "outbox",
         "principal",
         "replaying",
+        "token",
         "topics",
         "ws",
     )
 
-    def __init__(self, hub: LiveHub, ws: web.WebSocketResponse, principal: Principal) -> None:
+    def __init__(
+        self, hub: LiveHub, ws: web.WebSocketResponse, principal: Principal, token: str
+    ) -> None:
         self.hub = hub
         self.ws = ws
         self.principal = principal
+        self.token = token
         self.id = uuid.uuid4().hex
         self.jobs: set[str] = set()
         self.mine = False
@@ -187,6 +193,10 @@ class LiveHub:
         self._admit: Any = None
         self._closing: set[asyncio.Task[None]] = set()
 
+    @property
+    def ttl(self) -> float:
+        return self.settings.ws_recheck_seconds * CONNECTION_TTL_PERIODS
+
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[LiveHub]:
         async with open_redis(self.settings.redis_dsn, name="live", size=8) as redis:
@@ -233,17 +243,9 @@ class LiveHub:
 
     async def admit(self, client: Client) -> bool:
         key = self.keys.connections(client.principal.user_id)
-        now = time.time()
-        admitted = await self._admit(
-            [key],
-            [
-                now,
-                self.settings.ws_max_connections_per_user,
-                now + CONNECTION_TTL,
-                client.id,
-                int(CONNECTION_TTL) + 1,
-            ],
-        )
+        now, ttl = time.time(), self.ttl
+        cap = self.settings.ws_max_connections_per_user
+        admitted = await self._admit([key], [now, cap, now + ttl, client.id, int(ttl) + 1])
         if admitted:
             self.clients.add(client)
             metrics.WS_CONNECTIONS.inc()
@@ -258,32 +260,48 @@ class LiveHub:
                 await self.redis.zrem(self.keys.connections(client.principal.user_id), client.id)
 
     async def _renew_forever(self) -> None:
+        """Keep this process's connections counted for their users, and their credentials
+        current: a connection whose token expired or was revoked (logout) is closed, unless
+        the client sent a fresh one (`{"op": "auth"}`) in time."""
         while True:
-            await asyncio.sleep(RENEW_EVERY)
+            await asyncio.sleep(self.settings.ws_recheck_seconds)
             clients = list(self.clients)
-            if not clients:
-                continue
-            expiry = time.time() + CONNECTION_TTL
             try:
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    for client in clients:
-                        key = self.keys.connections(client.principal.user_id)
-                        pipe.zadd(key, {client.id: expiry}, xx=True)
-                        pipe.expire(key, int(CONNECTION_TTL) + 1)
-                    await pipe.execute()
+                await self._renew(clients)
             except Exception:
                 log.exception("renewing WebSocket connection counts failed")
+            for start in range(0, len(clients), RECHECK_BATCH):
+                batch = clients[start : start + RECHECK_BATCH]
+                await asyncio.gather(*(self._recheck(client) for client in batch))
+
+    async def _renew(self, clients: list[Client]) -> None:
+        ttl = self.ttl
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for client in clients:
+                key = self.keys.connections(client.principal.user_id)
+                pipe.zadd(key, {client.id: time.time() + ttl}, xx=True)
+                pipe.expire(key, int(ttl) + 1)
+            await pipe.execute()
+
+    async def _recheck(self, client: Client) -> None:
+        try:
+            client.principal = await self.authenticate(client.token)
+        except DomainError:
+            self.drop(client, CLOSE_UNAUTHENTICATED, b"token expired or revoked", "unauthenticated")
+        except Exception:
+            log.exception("re-checking a WebSocket's token failed")
 
     def drop_slow(self, client: Client) -> None:
         """Close a client that does not keep up (it may reconnect with `since`)."""
+        self.drop(client, WSCloseCode.TRY_AGAIN_LATER, b"too slow: reconnect with since", "slow")
+
+    def drop(self, client: Client, code: int, message: bytes, reason: str) -> None:
         if client.ws.closed:
             return
-        metrics.WS_CLOSED.labels("slow").inc()
+        metrics.WS_CLOSED.labels(reason).inc()
         client.outbox.clear()
         client.held.clear()
-        closing = asyncio.create_task(
-            client.ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"too slow: use since")
-        )
+        closing = asyncio.create_task(client.ws.close(code=code, message=message))
         self._closing.add(closing)
         closing.add_done_callback(self._closing.discard)
 

@@ -28,7 +28,12 @@ from tests.processes import ROOT, free_port, wait_until_serving
 @pytest.fixture(scope="module")
 def job_settings(base_settings: Settings, database) -> Settings:
     return settings_for(
-        database, base_settings, ws_send_buffer=8, ws_max_connections_per_user=3, **FAST
+        database,
+        base_settings,
+        ws_send_buffer=8,
+        ws_max_connections_per_user=3,
+        ws_recheck_seconds=0.3,
+        **FAST,
     )
 
 
@@ -224,6 +229,19 @@ async def test_websocket_refuses_what_it_must_and_stays_open(jobs_api: TestClien
             assert detail in error["detail"], (bad, error)
         await ws.send_json({"op": "subscribe", "mine": True})
         assert (await receive(ws))["type"] == "subscribed"
+
+
+async def test_a_socket_closes_when_its_token_is_revoked(jobs_api: TestClient) -> None:
+    user = await sign_up(jobs_api)
+    async with jobs_api.ws_connect("/api/v1/ws", headers=user.headers) as ws:
+        assert (await receive(ws))["type"] == "ready"
+        logout = await jobs_api.post(
+            "/api/v1/auth/logout", json={"refresh_token": user.refresh_token}, headers=user.headers
+        )
+        assert logout.status == 204
+        closed = await ws.receive(timeout=10)
+        assert closed.type == WSMsgType.CLOSE
+        assert ws.close_code == 4401
 
 
 async def test_connections_per_user_are_capped(jobs_api: TestClient) -> None:

@@ -44,15 +44,25 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     await ws.prepare(request)
     hub.sockets.add(ws)
     try:
-        principal = request.get(PRINCIPAL) or await _first_auth(ws, hub)
-        if principal is not None:
-            await _serve(hub, Client(hub, ws, principal), request.app[ACTORS])
+        principal, token = request.get(PRINCIPAL), _bearer(request)
+        if principal is None or token is None:
+            principal, token = await _first_auth(ws, hub)
+        if principal is not None and token is not None:
+            await _serve(hub, Client(hub, ws, principal, token), request.app[ACTORS])
     finally:
         hub.sockets.discard(ws)
     return ws
 
 
-async def _first_auth(ws: web.WebSocketResponse, hub: LiveHub) -> Principal | None:
+def _bearer(request: web.Request) -> str | None:
+    """The token of the upgrade's `Authorization: Bearer` header (checked by authentication)."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+async def _first_auth(
+    ws: web.WebSocketResponse, hub: LiveHub
+) -> tuple[Principal | None, str | None]:
     try:
         message = await ws.receive(timeout=hub.settings.ws_auth_timeout)
         if message.type != WSMsgType.TEXT:
@@ -60,7 +70,7 @@ async def _first_auth(ws: web.WebSocketResponse, hub: LiveHub) -> Principal | No
         auth = ClientMessage.validate_json(message.data)
         if not isinstance(auth, Auth):
             raise Refused('the first message is {"op": "auth", "token": ...}')
-        return await hub.authenticate(auth.token)
+        return await hub.authenticate(auth.token), auth.token
     except (TimeoutError, Refused, DomainError, pydantic.ValidationError) as error:
         metrics.WS_CLOSED.labels("unauthenticated").inc()
         detail = (
@@ -70,7 +80,7 @@ async def _first_auth(ws: web.WebSocketResponse, hub: LiveHub) -> Principal | No
         )
         await ws.send_str(orjson.dumps({"type": "error", "detail": detail}).decode())
         await ws.close(code=CLOSE_UNAUTHENTICATED, message=b"authentication required")
-        return None
+        return None, None
 
 
 async def _serve(hub: LiveHub, client: Client, actors: ActorSystem) -> None:
@@ -105,7 +115,7 @@ async def _handle(
         principal = await hub.authenticate(message.token)
         if principal.user_id != client.principal.user_id:
             raise Refused("a connection belongs to one user")
-        client.principal = principal
+        client.principal, client.token = principal, message.token
         client.reply({"type": "ready", "user_id": principal.user_id})
         return
     jobs = [str(job_id) for job_id in message.jobs]
