@@ -9,10 +9,10 @@ import argparse
 import os
 import sys
 
-from bench import foundation, ratelimit
+from bench import foundation, jobs, ratelimit
 from bench.run import Bench, bench_services, print_header, servers, summary
 
-SUITES = (foundation.rows, ratelimit.rows)
+SUITES = (foundation.rows, ratelimit.rows, jobs.rows)
 
 
 def main() -> int:

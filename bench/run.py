@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import sys
@@ -12,6 +13,7 @@ from bench.harness import HEADER, ROOT, Request, Row, process, run_wrk
 from config import Settings, load_settings
 from server.cli import embedded_needs, resolve
 from storage.embedded import EmbeddedServices
+from storage.migrations import migrate
 from tests.processes import free_port
 
 
@@ -76,7 +78,9 @@ def bench_services(state: str) -> Iterator[Settings]:
     if needed:
         embedded.start(needed)
     try:
-        yield resolve(settings)
+        resolved = resolve(settings)
+        asyncio.run(migrate(resolved.primary_dsn))  # the servers expect the current schema
+        yield resolved
     finally:
         if needed:
             embedded.stop(needed)

@@ -90,6 +90,7 @@ class JobEvent:
     state: str
     progress: int
     message: str | None
+    at: float  # when it happened, Unix time
 
     @classmethod
     def from_record(cls, row: Record) -> JobEvent:
@@ -101,6 +102,7 @@ class JobEvent:
             state=row["state"],
             progress=row["progress"],
             message=row["message"],
+            at=row["created_at"].timestamp(),
         )
 
     def wire(self) -> dict[str, Any]:
@@ -113,6 +115,7 @@ class JobEvent:
             "progress": self.progress,
             "message": self.message,
             "topic": self.topic,
+            "at": self.at,
         }
 
 

@@ -124,7 +124,7 @@ async def append_events(conn: Connection, changes: Sequence[Change]) -> list[Job
                 ) WITH ORDINALITY AS c(job_id, topic, owner_id, state, progress, message, n)
                 ORDER BY n
             ) ordered
-            RETURNING seq, job_id, topic, owner_id, state, progress, message
+            RETURNING seq, job_id, topic, owner_id, state, progress, message, created_at
         ), latest AS (
             UPDATE jobs SET last_seq = e.seq
             FROM (SELECT job_id, max(seq) AS seq FROM events GROUP BY job_id) e
@@ -370,7 +370,8 @@ async def events_since(
     """Events after `since` for some jobs, one owner's jobs, or whole topics, oldest first."""
     rows = await conn.fetch(
         """
-        SELECT seq, job_id, topic, owner_id, state, progress, message FROM job_events
+        SELECT seq, job_id, topic, owner_id, state, progress, message, created_at
+        FROM job_events
         WHERE seq > $1
           AND (job_id = ANY($2::uuid[]) OR owner_id = $3 OR topic = ANY($4::text[]))
         ORDER BY seq

@@ -274,7 +274,8 @@ async def test_a_client_that_does_not_keep_up_is_closed(jobs_api: TestClient) ->
         await receive(ws)
         hub = jobs_api.app[LIVE]
         for seq in range(1, 50):  # a burst beyond WS_SEND_BUFFER, faster than it can be sent
-            hub.route(JobEvent(seq, str(uuid.uuid4()), "default", str(user.id), "running", 1, None))
+            event = JobEvent(seq, str(uuid.uuid4()), "default", str(user.id), "running", 1, None, 0)
+            hub.route(event)
         while (await ws.receive(timeout=5)).type == WSMsgType.TEXT:
             pass
         assert ws.close_code == 1013

@@ -57,7 +57,7 @@ CREATE TABLE job_events (
     state      text NOT NULL,
     progress   smallint NOT NULL,
     message    text,
-    created_at timestamptz NOT NULL DEFAULT now(),
+    created_at timestamptz NOT NULL DEFAULT clock_timestamp(),
     PRIMARY KEY (seq, created_at)
 ) PARTITION BY RANGE (created_at);
 
