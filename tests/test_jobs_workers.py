@@ -6,6 +6,7 @@ import itertools
 import signal
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -190,3 +191,40 @@ async def test_two_schedulers_enqueue_one_job_per_period(queue: Jobs) -> None:
         for r in rows
         if r["state"] == "succeeded"
     )
+
+
+async def test_maintenance_keeps_partitions_ahead_and_drops_expired_ones(queue: Jobs) -> None:
+    old = datetime(2001, 3, 1, tzinfo=UTC)
+    async with queue.db.primary() as conn:
+        await conn.execute("SELECT ensure_monthly_partitions('job_events', $1, 1)", old.date())
+        await conn.execute(
+            "INSERT INTO job_events (seq, job_id, topic, state, progress, created_at) "
+            "VALUES (nextval('job_event_seq'), gen_random_uuid(), 'default', 'queued', 0, $1)",
+            old,
+        )
+    await queue.worker("maintenance").start()
+    await queue.scheduler(JOB_MAINTENANCE_INTERVAL="3600").start()  # this hour's run, at once
+
+    async def enqueued() -> bool:
+        async with queue.db.primary() as conn:
+            return bool(await conn.fetchval(hourly))
+
+    hourly = "SELECT id FROM jobs WHERE idempotency_key LIKE 'schedule:maintenance:3600:%'"
+    await eventually(enqueued)
+    async with queue.db.primary() as conn:
+        job_id = await conn.fetchval(hourly)
+    done = await queue.until(job_id, "succeeded", "dead", timeout=20)
+    assert done["state"] == "succeeded"
+    assert done["result"]["partitions_dropped"] >= 1
+    async with queue.db.primary() as conn:
+        names = {
+            row["relname"]
+            for row in await conn.fetch(
+                "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                "WHERE i.inhparent = 'job_events'::regclass"
+            )
+        }
+        now = datetime.now(UTC)
+        ahead = [divmod(now.year * 12 + now.month - 1 + k, 12) for k in range(3)]
+    assert "job_events_p200103" not in names
+    assert {f"job_events_p{y}{m + 1:02d}" for y, m in ahead} <= names
