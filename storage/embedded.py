@@ -359,6 +359,10 @@ class EmbeddedServices:
             )
         subprocess.run([str(_redis_server()), str(conf)], check=True, timeout=30)  # noqa: S603
         _wait_for_port(state.redis_port, "redis", self.redis_dir / "redis.log")
+        # A daemonized redis writes its pidfile only after it listens; `status()` reads it.
+        deadline = time.monotonic() + 10
+        while self._redis_pid() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
         log.info("redis started", extra={"service": "redis", "port": state.redis_port})
 
     def _stop_redis(self) -> None:
