@@ -121,6 +121,47 @@ JOB_QUEUE_OLDEST = Gauge(
 JOB_EVENTS_PUBLISHED = Counter(
     "job_events_published_total", "Job events announced to the API processes."
 )
+
+
+class JobMetrics:
+    """The metric children of one job type on one topic, bound once."""
+
+    __slots__ = (
+        "cancelled",
+        "dead",
+        "duration",
+        "enqueued",
+        "failed",
+        "retried",
+        "returned",
+        "running",
+        "started",
+        "succeeded",
+    )
+
+    def __init__(self, job_type: str, topic: str) -> None:
+        self.enqueued = JOBS_ENQUEUED.labels(job_type, topic)
+        self.started = JOBS_STARTED.labels(job_type, topic)
+        self.succeeded = JOBS_SUCCEEDED.labels(job_type, topic)
+        self.failed = JOBS_FAILED.labels(job_type, topic)
+        self.retried = JOBS_RETRIED.labels(job_type, topic)
+        self.dead = JOBS_DEAD.labels(job_type, topic)
+        self.cancelled = JOBS_CANCELLED.labels(job_type, topic)
+        self.returned = JOBS_RETURNED.labels(job_type, topic)
+        self.duration = JOB_DURATION.labels(job_type, topic)
+        self.running = JOBS_RUNNING.labels(topic)
+
+
+_job_children: dict[tuple[str, str], JobMetrics] = {}
+
+
+def job_metrics(job_type: str, topic: str) -> JobMetrics:
+    found = _job_children.get((job_type, topic))
+    if found is None:
+        found = _job_children[(job_type, topic)] = JobMetrics(job_type, topic)
+    return found
+
+
 WS_CONNECTIONS = Gauge(
     "websocket_connections", "Open WebSocket connections.", multiprocess_mode="livesum"
 )

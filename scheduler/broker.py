@@ -103,8 +103,7 @@ class Delivery:
             return
         self.settled = True
         self.broker.forget(self)
-        async with Redis(connection_pool=self.broker.connection_pool) as redis:
-            await redis.xack(self.stream, GROUP, self.message_id)
+        await self.broker.redis.xack(self.stream, GROUP, self.message_id)
 
 
 class JobBroker(RedisStreamBroker):
@@ -149,9 +148,12 @@ class JobBroker(RedisStreamBroker):
         )
         self.with_serializer(ORJSONSerializer())
         self.reclaim_interval = reclaim_interval
+        # One client over the pool: building a client per command (as taskiq-redis does) costs
+        # more than the command itself.
+        self.redis = Redis(connection_pool=self.connection_pool)
+        self._renew = self.redis.register_script(_RENEW)
+        self._move_due = self.redis.register_script(_MOVE_DUE)
         self.in_flight: dict[tuple[str, bytes], Delivery] = {}
-        self._renew: Any = None
-        self._move_due: Any = None
 
     # -- sending ----------------------------------------------------------------------------
 
@@ -169,26 +171,23 @@ class JobBroker(RedisStreamBroker):
 
     async def send(self, messages: Iterable[tuple[str, bytes]]) -> None:
         """Append (topic, message) pairs to their streams in one round trip."""
-        async with Redis(connection_pool=self.connection_pool) as redis:
-            pipe = redis.pipeline(transaction=False)
-            for topic, data in messages:
-                pipe.xadd(self.keys.stream(topic), {b"data": data})
-            await pipe.execute()
+        pipe = self.redis.pipeline(transaction=False)
+        for topic, data in messages:
+            pipe.xadd(self.keys.stream(topic), {b"data": data})
+        await pipe.execute()
 
     async def send_later(self, topic: str, data: bytes, due: float) -> None:
         """Hold a message in the delayed set until `due` (epoch seconds)."""
-        async with Redis(connection_pool=self.connection_pool) as redis:
-            await redis.zadd(self.keys.delayed, {_delayed(self.keys.stream(topic), data): due})
+        await self.redis.zadd(self.keys.delayed, {_delayed(self.keys.stream(topic), data): due})
 
     async def ensure_groups(self) -> None:
         """Create every topic's stream and consumer group (from the start) if missing."""
-        async with Redis(connection_pool=self.connection_pool) as redis:
-            for stream in self.streams:
-                try:
-                    await redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
-                except ResponseError as error:
-                    if "BUSYGROUP" not in str(error):
-                        raise
+        for stream in self.streams:
+            try:
+                await self.redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
+            except ResponseError as error:
+                if "BUSYGROUP" not in str(error):
+                    raise
 
     async def startup(self) -> None:
         await super().startup()
@@ -200,20 +199,20 @@ class JobBroker(RedisStreamBroker):
         """New deliveries from every topic, and on a timer the deliveries of dead consumers."""
         streams = dict.fromkeys(self.streams, ">")
         next_reclaim = 0.0
-        async with Redis(connection_pool=self.connection_pool) as redis:
-            while True:
-                if time.monotonic() >= next_reclaim:
-                    next_reclaim = time.monotonic() + self.reclaim_interval
-                    for delivery in await self._reclaim(redis):
-                        yield AckableMessage(data=delivery.data, ack=delivery.ack)
-                fetched = await redis.xreadgroup(
-                    GROUP, self.consumer_name, streams, count=self.count, block=self.block
-                )
-                for stream, entries in fetched or ():
-                    name = stream.decode()
-                    for message_id, fields in entries:
-                        delivery = self._track(name, message_id, fields[b"data"])
-                        yield AckableMessage(data=delivery.data, ack=delivery.ack)
+        redis = self.redis
+        while True:
+            if time.monotonic() >= next_reclaim:
+                next_reclaim = time.monotonic() + self.reclaim_interval
+                for delivery in await self._reclaim(redis):
+                    yield AckableMessage(data=delivery.data, ack=delivery.ack)
+            fetched = await redis.xreadgroup(
+                GROUP, self.consumer_name, streams, count=self.count, block=self.block
+            )
+            for stream, entries in fetched or ():
+                name = stream.decode()
+                for message_id, fields in entries:
+                    delivery = self._track(name, message_id, fields[b"data"])
+                    yield AckableMessage(data=delivery.data, ack=delivery.ack)
 
     async def _reclaim(self, redis: Redis) -> list[Delivery]:
         """Take over deliveries idle longer than the claim timeout (their consumer is gone)."""
@@ -270,13 +269,10 @@ class JobBroker(RedisStreamBroker):
             if not delivery.settled:
                 by_stream.setdefault(delivery.stream, []).append(delivery)
         lost: list[Delivery] = []
-        async with Redis(connection_pool=self.connection_pool) as redis:
-            if self._renew is None:
-                self._renew = redis.register_script(_RENEW)
-            for stream, deliveries in by_stream.items():
-                ids = [d.message_id for d in deliveries]
-                gone = set(await self._renew([stream], [GROUP, self.consumer_name, *ids]))
-                lost += [d for d in deliveries if d.message_id in gone]
+        for stream, deliveries in by_stream.items():
+            ids = [d.message_id for d in deliveries]
+            gone = set(await self._renew([stream], [GROUP, self.consumer_name, *ids]))
+            lost += [d for d in deliveries if d.message_id in gone]
         return lost
 
     async def defer(self, delivery: Delivery, due: float) -> None:
@@ -295,27 +291,22 @@ class JobBroker(RedisStreamBroker):
             return
         delivery.settled = True
         self.forget(delivery)
-        async with Redis(connection_pool=self.connection_pool) as redis:
-            pipe = redis.pipeline(transaction=True)
-            command(pipe)
-            pipe.xack(delivery.stream, GROUP, delivery.message_id)
-            await pipe.execute()
+        pipe = self.redis.pipeline(transaction=True)
+        command(pipe)
+        pipe.xack(delivery.stream, GROUP, delivery.message_id)
+        await pipe.execute()
 
     async def move_due(self, limit: int = 500) -> int:
         """Send delayed messages whose time has come to their streams; how many moved."""
-        async with Redis(connection_pool=self.connection_pool) as redis:
-            if self._move_due is None:
-                self._move_due = redis.register_script(_MOVE_DUE)
-            return int(await self._move_due([self.keys.delayed], [time.time(), limit]))
+        return int(await self._move_due([self.keys.delayed], [time.time(), limit]))
 
     async def trim(self) -> int:
         """Drop stream entries that every delivery of them has acknowledged."""
         removed = 0
-        async with Redis(connection_pool=self.connection_pool) as redis:
-            for stream in self.streams:
-                floor = await _acknowledged_floor(redis, stream)
-                if floor is not None:
-                    removed += await redis.xtrim(stream, minid=floor, approximate=False)
+        for stream in self.streams:
+            floor = await _acknowledged_floor(self.redis, stream)
+            if floor is not None:
+                removed += await self.redis.xtrim(stream, minid=floor, approximate=False)
         return removed
 
     async def close(self) -> None:

@@ -51,7 +51,7 @@ class Dispatcher:
 
         rows = await self.records.write(work)
         for row in rows:
-            metrics.JOBS_ENQUEUED.labels(row["type"], row["topic"]).inc()
+            metrics.job_metrics(row["type"], row["topic"]).enqueued.inc()
         if rows:
             await self.dispatch([row["id"] for row in rows])
         return rows
@@ -72,7 +72,7 @@ class Dispatcher:
             ]
             for row in rows:
                 if row["last_seq"] == 0:
-                    metrics.JOBS_ENQUEUED.labels(row["type"], row["topic"]).inc()
+                    metrics.job_metrics(row["type"], row["topic"]).enqueued.inc()
             return len(rows), fresh
 
         return await self.records.write(work)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict
 
 import orjson
 from redis.asyncio import Redis
@@ -23,11 +22,16 @@ log = logging.getLogger("backend.jobs")
 
 
 def encode(events: Sequence[JobEvent]) -> bytes:
-    return orjson.dumps([asdict(event) for event in events])
+    return orjson.dumps([astuple(event) for event in events])
 
 
 def decode(payload: bytes) -> list[JobEvent]:
-    return [JobEvent(**item) for item in orjson.loads(payload)]
+    return [JobEvent(*item) for item in orjson.loads(payload)]
+
+
+def astuple(event: JobEvent) -> tuple[object, ...]:
+    """The event's fields in order (`dataclasses.astuple` deep-copies: too slow here)."""
+    return tuple(getattr(event, name) for name in JobEvent.__slots__)
 
 
 class Publisher:

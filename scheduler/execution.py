@@ -116,14 +116,15 @@ class JobRunner:
         if row is None or not row["claimed"]:
             await self._not_claimed(row, delivery)
             return
-        labels = (job_type.name, row["claimed_topic"])
+        topic = row["claimed_topic"]
+        counters = metrics.job_metrics(job_type.name, topic)
         if row["state"] != JobState.RUNNING:  # dead (poison) or cancelled while its worker died
-            _count(row["state"], labels)
+            _count(row["state"], counters)
             return
-        metrics.JOBS_STARTED.labels(*labels).inc()
-        outcome = await self._execute(job_type, row, labels)
+        counters.started.inc()
+        outcome = await self._execute(job_type, row, counters)
         if await self._outcomes.submit(outcome):
-            await self._hand_on(outcome, delivery, job_type.name, labels[1])
+            await self._hand_on(outcome, delivery, job_type.name, topic)
 
     async def _not_claimed(self, row: Record | None, delivery: Delivery | None) -> None:
         """Someone else holds a live lease on the job: look again when it would expire.
@@ -135,7 +136,7 @@ class JobRunner:
         await self.broker.defer(delivery, due)
 
     async def _execute(
-        self, job_type: JobType[Any], row: Record, labels: tuple[str, str]
+        self, job_type: JobType[Any], row: Record, counters: metrics.JobMetrics
     ) -> Outcome:
         job_id, attempt = row["id"], row["attempts"]
         context = JobContext(
@@ -144,8 +145,7 @@ class JobRunner:
         with continued_trace(job_type.name):
             task = asyncio.create_task(self._call(job_type, context, row["params"]))
         run = self.runs[job_id] = Run(job_type, attempt, task)
-        running = metrics.JOBS_RUNNING.labels(labels[1])
-        running.inc()
+        counters.running.inc()
         try:
             result = await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -162,8 +162,8 @@ class JobRunner:
         else:
             return Outcome(job_id, attempt, JobState.SUCCEEDED, result=result)
         finally:
-            running.dec()
-            metrics.JOB_DURATION.labels(*labels).observe(time.monotonic() - run.started)
+            counters.running.dec()
+            counters.duration.observe(time.monotonic() - run.started)
             del self.runs[job_id]
 
     async def _call(self, job_type: JobType[Any], context: JobContext, params: Any) -> Any:
@@ -266,7 +266,7 @@ class JobRunner:
         rows = await self.records.write(work)
         done = {row["id"]: row for row in rows}
         for row in rows:
-            _count(row["state"], (row["type"], row["topic"]))
+            _count(row["state"], metrics.job_metrics(row["type"], row["topic"]))
         return [o.job_id in done for o in outcomes]
 
     async def _progress_many(self, reports: list[tuple[UUID, int, int, str | None]]) -> list[None]:
@@ -296,19 +296,21 @@ def _change(row: Record, topic: str, message: str | None = None) -> Change:
     return Change(row["id"], topic, row["owner_id"], row["state"], row["progress"], message)
 
 
-def _count(state: str, labels: tuple[str, str]) -> None:
-    counter = {
-        JobState.SUCCEEDED: metrics.JOBS_SUCCEEDED,
-        JobState.FAILED: metrics.JOBS_FAILED,
-        JobState.RETRYING: metrics.JOBS_RETRIED,
-        JobState.DEAD: metrics.JOBS_DEAD,
-        JobState.CANCELLED: metrics.JOBS_CANCELLED,
-        JobState.QUEUED: metrics.JOBS_RETURNED,
-    }.get(JobState(state))
-    if counter is not None:
-        counter.labels(*labels).inc()
-    if state in (JobState.RETRYING, JobState.DEAD):
-        metrics.JOBS_FAILED.labels(*labels).inc()
+def _count(state: str, counters: metrics.JobMetrics) -> None:
+    if state == JobState.SUCCEEDED:
+        counters.succeeded.inc()
+    elif state == JobState.FAILED:
+        counters.failed.inc()
+    elif state == JobState.RETRYING:
+        counters.failed.inc()
+        counters.retried.inc()
+    elif state == JobState.DEAD:
+        counters.failed.inc()
+        counters.dead.inc()
+    elif state == JobState.CANCELLED:
+        counters.cancelled.inc()
+    elif state == JobState.QUEUED:
+        counters.returned.inc()
 
 
 def _stopped(run: Run) -> str:
