@@ -34,6 +34,7 @@ from taskiq import AckableMessage, BrokerMessage, TaskiqMessage
 from taskiq.serializers import ORJSONSerializer
 from taskiq_redis import RedisStreamBroker
 
+from scheduler.batching import Batcher
 from storage.redis import Keys
 
 log = logging.getLogger("backend.jobs")
@@ -103,7 +104,7 @@ class Delivery:
             return
         self.settled = True
         self.broker.forget(self)
-        await self.broker.redis.xack(self.stream, GROUP, self.message_id)
+        await self.broker.acks.submit((self.stream, self.message_id))
 
 
 class JobBroker(RedisStreamBroker):
@@ -151,6 +152,7 @@ class JobBroker(RedisStreamBroker):
         # One client over the pool: building a client per command (as taskiq-redis does) costs
         # more than the command itself.
         self.redis = Redis(connection_pool=self.connection_pool)
+        self.acks: Batcher[tuple[str, bytes], None] = Batcher(self._ack_many, name="ack")
         self._renew = self.redis.register_script(_RENEW)
         self._move_due = self.redis.register_script(_MOVE_DUE)
         self.in_flight: dict[tuple[str, bytes], Delivery] = {}
@@ -246,6 +248,17 @@ class JobBroker(RedisStreamBroker):
         delivery = Delivery(self, stream, message_id, data, job_id)
         self.in_flight[(stream, message_id)] = delivery
         return delivery
+
+    async def _ack_many(self, deliveries: list[tuple[str, bytes]]) -> list[None]:
+        """Acknowledge concurrent deliveries in one round trip."""
+        by_stream: dict[str, list[bytes]] = {}
+        for stream, message_id in deliveries:
+            by_stream.setdefault(stream, []).append(message_id)
+        pipe = self.redis.pipeline(transaction=False)
+        for stream, ids in by_stream.items():
+            pipe.xack(stream, GROUP, *ids)
+        await pipe.execute()
+        return [None] * len(deliveries)
 
     def forget(self, delivery: Delivery) -> None:
         self.in_flight.pop((delivery.stream, delivery.message_id), None)

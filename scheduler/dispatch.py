@@ -60,11 +60,15 @@ class Dispatcher:
         """Send undispatched jobs (these `ids`, or any) to their streams; how many were sent."""
 
         async def work(conn: Connection) -> tuple[int, list[Change]]:
-            rows = await jobs.lock_undispatched(conn, ids, RELAY_BATCH)
+            if ids is None:  # the relay: whatever is left, oldest first
+                rows = await jobs.lock_undispatched(conn, RELAY_BATCH)
+                if rows:
+                    await jobs.mark_dispatched(conn, [row["id"] for row in rows])
+            else:
+                rows = await jobs.claim_dispatch(conn, ids)
             if not rows:
                 return 0, []
-            await self._send(rows)
-            await jobs.mark_dispatched(conn, [row["id"] for row in rows])
+            await self._send(rows)  # before commit: if sending fails, nothing is marked
             fresh = [  # written by another transaction without its first event
                 Change(row["id"], row["topic"], row["owner_id"], JobState.QUEUED, 0)
                 for row in rows

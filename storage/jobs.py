@@ -142,28 +142,36 @@ async def append_events(conn: Connection, changes: Sequence[Change]) -> list[Job
     return [JobEvent.from_record(row) for row in rows]
 
 
-async def lock_undispatched(
-    conn: Connection, ids: Sequence[UUID] | None, limit: int
-) -> list[Record]:
-    """Jobs written but not yet handed to their stream, locked for this transaction.
-
-    `ids` narrows to jobs this process just wrote; rows another relay holds are skipped."""
+async def lock_undispatched(conn: Connection, limit: int) -> list[Record]:
+    """Jobs written but not yet handed to their stream, oldest first, locked for this
+    transaction; rows another relay holds are skipped."""
     return await conn.fetch(
         f"""
         SELECT {JOB_COLUMNS} FROM jobs
         WHERE dispatched_at IS NULL AND state = 'queued'
-          AND ($1::uuid[] IS NULL OR id = ANY($1::uuid[]))
         ORDER BY created_at
-        LIMIT $2
+        LIMIT $1
         FOR UPDATE SKIP LOCKED
         """,  # noqa: S608 - a constant column list, values are parameters
-        ids,
         limit,
     )
 
 
 async def mark_dispatched(conn: Connection, ids: Sequence[UUID]) -> None:
     await conn.execute("UPDATE jobs SET dispatched_at = now() WHERE id = ANY($1::uuid[])", ids)
+
+
+async def claim_dispatch(conn: Connection, ids: Sequence[UUID]) -> list[Record]:
+    """Mark these just-written jobs dispatched, locking them for this transaction, in one
+    statement; those another relay is dispatching (or did) are left out."""
+    return await conn.fetch(
+        f"""
+        UPDATE jobs SET dispatched_at = now()
+        WHERE id = ANY($1::uuid[]) AND dispatched_at IS NULL AND state = 'queued'
+        RETURNING {JOB_COLUMNS}
+        """,  # noqa: S608 - a constant column list, values are parameters
+        ids,
+    )
 
 
 async def claim(

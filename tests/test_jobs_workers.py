@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import signal
 import uuid
@@ -14,6 +15,8 @@ import pytest
 from config import Settings
 from scheduler.broker import JobKeys
 from scheduler.execution import backoff
+from storage import jobs
+from storage.jobs import NewJob
 from tests.conftest import eventually, settings_for
 from tests.jobs_support import FAST, Jobs, job_queue
 
@@ -228,3 +231,25 @@ async def test_maintenance_keeps_partitions_ahead_and_drops_expired_ones(queue: 
         ahead = [divmod(now.year * 12 + now.month - 1 + k, 12) for k in range(3)]
     assert "job_events_p200103" not in names
     assert {f"job_events_p{y}{m + 1:02d}" for y, m in ahead} <= names
+
+
+async def test_a_job_written_inside_another_transaction_runs_once_it_commits(queue: Jobs) -> None:
+    await queue.worker("default").start()
+
+    def job() -> NewJob:
+        return NewJob(uuid.uuid4(), "test_steps", "default", "tester", {"steps": 1}, 2)
+
+    committed, rolled_back = job(), job()
+    async with queue.db.primary() as conn:
+        async with conn.transaction():  # as an order's transaction does with its follow-up
+            assert await jobs.insert_outbox_job(conn, committed)
+        with contextlib.suppress(RuntimeError):
+            async with conn.transaction():
+                await jobs.insert_outbox_job(conn, rolled_back)
+                raise RuntimeError("the order failed")
+
+    done = await queue.until(committed.id, "succeeded", timeout=15)
+    assert done["attempts"] == 1
+    assert states(await queue.events(committed.id))[0] == "queued"
+    async with queue.db.primary() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM jobs WHERE id = $1", rolled_back.id) == 0
