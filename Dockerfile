@@ -16,8 +16,8 @@ COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/* && rm -rf /wheels
 USER backend
 WORKDIR /home/backend
-# Files jobs produce (report CSVs); compose shares this folder between the API and workers.
-RUN mkdir -p .run/files
+# Uploaded files (FILES_BACKEND=local): owned by the service user, mounted as a volume.
+RUN mkdir -p /home/backend/files
 ENV APP_ENV=prod HOST=0.0.0.0 PORT=8080
 EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=3s CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8080/livez').status != 200)"

@@ -36,6 +36,8 @@ PERMISSIONS: Final[dict[str, frozenset[str]]] = {
     "jobs:reports": STAFF_AND_ADMIN,  # sales reports over every order
     "jobs:manage": STAFF_AND_ADMIN,  # every job; the dead-letter view
     "jobs:replay": ADMIN_ONLY,  # send a dead job back to the queue
+    "files:read": EVERYONE,  # one's own uploaded files (staff and admin: anyone's)
+    "files:write": EVERYONE,  # upload files; delete one's own (staff and admin: anyone's)
 }
 
 

@@ -67,3 +67,27 @@ class ActorStopped(RuntimeFailure):
 
 class DependencyUnavailable(RuntimeFailure):
     """A backing service (database, Redis) could not be reached."""
+
+
+# -- files ------------------------------------------------------------------------------------
+
+
+class TooLarge(DomainError):
+    """The request's content is larger than allowed."""
+
+
+class UnsupportedType(DomainError):
+    """The content is not of a type this endpoint accepts (judged by its bytes, not by a header)."""
+
+
+class Busy(DomainError):
+    """Too much of this kind of work is in progress; the same request may succeed shortly."""
+
+
+class ClientGone(DomainError):
+    """The client stopped sending before the request was complete."""
+
+
+class StorageUnavailable(DomainError):
+    """The file store failed this request. An answer, not a crash: the client is fine and
+    restarting the actor would not bring the store back; the same request may succeed later."""

@@ -47,6 +47,16 @@ CommaList = Annotated[list[str], NoDecode]
 SecretList = Annotated[list[SecretStr], NoDecode]
 NetworkList = Annotated[list[IPvAnyNetwork], NoDecode]
 
+# What an upload can be recognised as from its leading bytes (`FILES_ALLOWED_TYPES` picks).
+FILE_TYPES = (
+    "image/png",
+    "image/jpeg",
+    "image/gif",
+    "image/webp",
+    "application/pdf",
+    "text/csv",
+)
+
 EXEMPT = "exempt"
 
 
@@ -196,12 +206,53 @@ class Settings(BaseSettings):
     admin_password: SecretStr | None = None
     read_your_writes_seconds: float = Field(5.0, ge=0, le=3600)
 
+    # -- files: uploads and the file store ---------------------------------------------------
+    files_backend: Literal["local", "s3"] = "local"
+    files_local_dir: Path | None = Field(None, description="default: STATE_DIR/files")
+    files_max_bytes: int = Field(25 << 20, ge=1, le=5 << 40)
+    files_allowed_types: CommaList = Field(default_factory=lambda: list(FILE_TYPES))
+    files_max_uploads: int = Field(16, ge=1, le=4096, description="at once, per process")
+    files_upload_timeout: float = Field(900.0, gt=0)
+    files_thumbnail_pixels: int = Field(320, ge=16, le=2048)
+    files_max_image_pixels: int = Field(40_000_000, ge=1)
+    s3_bucket: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    s3_access_key_id: SecretStr | None = None
+    s3_secret_access_key: SecretStr | None = None
+    s3_addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    s3_prefix: str = Field("", pattern=r"^([A-Za-z0-9_.-]+/)*$")
+    s3_part_bytes: int = Field(8 << 20, ge=5 << 20, le=5 << 30)
+    s3_pool_size: int = Field(32, ge=1, le=1024)
+
+    @field_validator("files_allowed_types")
+    @classmethod
+    def _known_file_types(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - set(FILE_TYPES))
+        if unknown:
+            known = ", ".join(FILE_TYPES)
+            raise ValueError(f"cannot recognise {', '.join(unknown)}; known: {known}")
+        return value
+
+    @model_validator(mode="after")
+    def _s3_settings(self) -> Settings:
+        if self.files_backend == "s3" and self.s3_bucket is None:
+            raise ValueError("FILES_BACKEND is s3 but S3_BUCKET is not set")
+        if (self.s3_access_key_id is None) != (self.s3_secret_access_key is None):
+            raise ValueError("set both S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY, or neither")
+        return self
+
+    @property
+    def files_dir(self) -> Path:
+        return self.files_local_dir or self.state_dir / "files"
+
     @field_validator(
         "database_replica_urls",
         "cors_origins",
         "trusted_proxies",
         "job_topics",
         "job_modules",
+        "files_allowed_types",
         mode="before",
     )
     @classmethod

@@ -212,6 +212,37 @@ READS_AFTER_WRITE = Counter(
     ["target"],
 )
 
+# -- files (uploads and the file store) --------------------------------------------------------
+
+FILES_STORED = Counter("files_stored_total", "Files stored by upload.", ["content_type"])
+FILES_STORED_BYTES = Counter(
+    "files_stored_bytes_total", "Bytes of files stored by upload.", ["content_type"]
+)
+FILES_DELETED = Counter("files_deleted_total", "Files deleted.")
+FILES_DELETED_BYTES = Counter("files_deleted_bytes_total", "Bytes of files deleted.")
+FILES_UPLOAD_DURATION = Histogram(
+    "files_upload_duration_seconds",
+    "Time from the first byte of an upload to its stored record, for stored uploads.",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0),
+)
+FILES_UPLOAD_REJECTS = Counter(
+    "files_upload_rejects_total",
+    "Uploads refused or lost, by reason: too_large, unsupported_type, invalid, client_gone, "
+    "busy, timeout, storage_error, error.",
+    ["reason"],
+)
+FILES_UPLOADS_IN_PROGRESS = Gauge(
+    "files_uploads_in_progress", "Uploads being received now.", multiprocess_mode="livesum"
+)
+FILES_SERVED_BYTES = Counter("files_served_bytes_total", "Bytes of files sent to clients.")
+FILES_MISSING_OBJECTS = Counter(
+    "files_missing_objects_total",
+    "Files whose record exists but whose object is missing from the store (answered 404).",
+)
+FILES_THUMBNAILS = Counter(
+    "files_thumbnails_total", "Thumbnails made, by outcome: succeeded, failed.", ["outcome"]
+)
+
 _http_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
 

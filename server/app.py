@@ -13,6 +13,7 @@ from aiohttp import web
 
 from actors import ActorSystem
 from actors.accounts import ACCOUNTS, Accounts
+from actors.files import FILES, Files
 from actors.health import HEALTH, HealthMonitor
 from actors.identity import Principal
 from actors.jobs import JOBS, JobsActor
@@ -24,7 +25,7 @@ from server.access import authenticate, authorize, check_routes
 from server.live import LIVE, LiveHub
 from server.middleware import limits, observe, problem_details, security_headers
 from server.ratelimit import LIMITER, RateLimiter, quota_headers, rate_limit
-from server.routes import admin, auth, jobs, live, operations
+from server.routes import admin, auth, files, jobs, live, operations
 from server.routing import install
 from server.state import ACTORS, LIFECYCLE, SETTINGS, Lifecycle
 from storage.postgres import ReplicaSet
@@ -76,7 +77,7 @@ async def create_app(settings: Settings) -> web.Application:
         app.on_cleanup.append(lambda app: _flush(access_log))
 
     install(app, operations.routes)
-    install(app, auth.routes, admin.routes)
+    install(app, auth.routes, admin.routes, files.routes)
     install(app, jobs.routes, live.routes)
     app.on_startup.append(check_routes)
     allow_cors(app, settings.cors_origins)
@@ -104,6 +105,11 @@ async def actors(app: web.Application) -> AsyncIterator[None]:
             ACCOUNTS,
             lambda: Accounts(settings, tokens, replicas, sessions),
             concurrency=settings.db_pool_size,
+        )
+        await system.spawn(
+            FILES,
+            lambda: Files(settings, replicas),
+            concurrency=settings.db_pool_size + settings.files_max_uploads,
         )
         await system.spawn(JOBS, lambda: JobsActor(settings, replicas), concurrency=128)
         yield

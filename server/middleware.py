@@ -2,7 +2,8 @@
 
 * `observe`: request id in and out, one JSON access-log line and the HTTP metrics per request;
 * `problems`: any exception becomes an `application/problem+json` answer;
-* `limits`: the request's time budget (passed down to actors) and its body size.
+* `limits`: the request's time budget (passed down to actors) and its body size (a declared
+  `Content-Length` over `MAX_BODY_BYTES`, or over the endpoint's own `max_body`, gets 413).
 
 Security headers are added to every response, errors included, by `security_headers`.
 """
@@ -20,12 +21,13 @@ from aiohttp.typedefs import Handler, Middleware
 from multidict import CIMultiDict
 
 from actors.deadlines import cancel_at
-from actors.errors import DeadlineExceeded
+from actors.errors import DeadlineExceeded, TooLarge
 from actors.runtime import deadline_scope
 from observability import metrics
 from observability.logging import AccessLog, request_id
 from server import problems
 from server.routing import endpoint_of
+from server.state import SETTINGS
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -98,11 +100,15 @@ def limits(*, timeout: float, max_body: int) -> Middleware:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         endpoint = endpoint_of(request)
+        length = request.content_length
+        if length is not None:
+            limit = max_body
+            if endpoint is not None and endpoint.max_body is not None:
+                limit = endpoint.max_body(request.app[SETTINGS])
+            if length > limit:
+                raise TooLarge(f"the body is {length} bytes; this endpoint takes at most {limit}")
         if endpoint is not None and endpoint.long_lived:
             return await handler(request)
-        length = request.content_length
-        if length is not None and length > max_body:
-            raise web.HTTPRequestEntityTooLarge(max_size=max_body, actual_size=length)
         with deadline_scope(timeout) as deadline:
             expiry = cancel_at(deadline)
             try:

@@ -50,6 +50,14 @@ PROBLEMS: dict[type[BaseException], Problem] = {
         503, "dependency-unavailable", "A backing service is unavailable", retry=True
     ),
     errors.DeadlineExceeded: Problem(504, "deadline-exceeded", "Request took too long"),
+    # files
+    errors.TooLarge: Problem(413, "too-large", "Content too large"),
+    errors.UnsupportedType: Problem(415, "unsupported-type", "Unsupported media type"),
+    errors.Busy: Problem(503, "busy", "Too many requests of this kind in progress", retry=True),
+    errors.ClientGone: Problem(400, "incomplete-request", "The request body was cut short"),
+    errors.StorageUnavailable: Problem(
+        503, "storage-unavailable", "File storage is unavailable", retry=True
+    ),
 }
 _UNAVAILABLE = PROBLEMS[errors.DependencyUnavailable]
 _INTERNAL = Problem(500, "internal", "Internal server error")

@@ -27,6 +27,7 @@ from aiohttp import web
 from multidict import MultiMapping
 
 from actors.errors import FieldError, InvalidInput
+from config import Settings
 
 PUBLIC: Final = "public"
 
@@ -50,6 +51,7 @@ class Endpoint:
     tag: str
     status: int = 200
     long_lived: bool = False
+    max_body: Callable[[Settings], int] | None = None
     rate_limit: str = "default"
     body: type[pydantic.BaseModel] | None = None
     query: type[pydantic.BaseModel] | None = None
@@ -74,12 +76,15 @@ class Routes:
         access: str,
         status: int = 200,
         long_lived: bool = False,
+        max_body: Callable[[Settings], int] | None = None,
         rate_limit: str = "default",
         name: str | None = None,
         **extra: Any,
     ) -> Callable[[Handler], Handler]:
         """Declare an endpoint. `access` is `PUBLIC` or the permission a caller must hold;
         `long_lived` endpoints (streams, WebSockets) are exempt from the request deadline;
+        `max_body` gives the endpoint its own limit on a declared `Content-Length`, from the
+        settings, in place of `MAX_BODY_BYTES` (for endpoints that stream large bodies);
         `rate_limit` names the rate-limit policy charged (or `"exempt"`)."""
 
         def register(handler: Handler) -> Handler:
@@ -96,6 +101,7 @@ class Routes:
                     tag=self.tag,
                     status=status,
                     long_lived=long_lived,
+                    max_body=max_body,
                     rate_limit=rate_limit,
                     body=signature.body,
                     query=signature.query,

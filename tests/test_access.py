@@ -93,14 +93,17 @@ async def test_every_protected_route_refuses_anonymous_and_underprivileged_calle
         where = f"{endpoint.method} {endpoint.path}"
         anonymous = await api.request(endpoint.method, path)
         assert anonymous.status == 401, where
-        assert (await anonymous.json())["type"] == "/problems/unauthenticated", where
+        has_body = endpoint.method != "HEAD"  # a HEAD answer has the headers only
+        if has_body:
+            assert (await anonymous.json())["type"] == "/problems/unauthenticated", where
         for roles in role_sets:
             response = await api.request(endpoint.method, path, headers=bearer[roles])
             if permits(roles, endpoint.access):
                 assert response.status not in (401, 403), (where, roles)
             else:
                 assert response.status == 403, (where, roles)
-                assert (await response.json())["type"] == "/problems/forbidden", where
+                if has_body:
+                    assert (await response.json())["type"] == "/problems/forbidden", where
 
 
 async def test_a_route_naming_an_undeclared_permission_stops_the_app(settings: Settings) -> None:
