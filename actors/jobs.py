@@ -182,7 +182,7 @@ class JobsActor(Actor):
             raise InvalidInput("unknown job type", [FieldError("type", "no such job type")])
         if not may_submit(message.principal, job_type.permission):
             raise PermissionDenied(f"you may not submit {job_type.name} jobs")
-        params = job_type.parse(message.params).model_dump(mode="json")
+        params = job_type.parse(message.params).model_dump(mode="json", by_alias=True)
         digest = _request_hash(message.type, params, message.delay_seconds)
         owner = message.principal.user_id
         key = message.idempotency_key

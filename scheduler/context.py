@@ -10,7 +10,7 @@ from uuid import UUID
 from redis.asyncio import Redis
 
 from config import Settings
-from storage.job_files import JobFiles
+from storage.filestore import FileStore
 from storage.postgres import Database
 
 ProgressSink = Callable[[UUID, int, int, str | None], Awaitable[None]]
@@ -26,7 +26,7 @@ class Resources:
     settings: Settings
     db: Database
     redis: Redis
-    files: JobFiles
+    files: FileStore
 
 
 @dataclass

@@ -79,7 +79,7 @@ class Scheduler:
             type=job_type.name,
             topic=job_type.topic,
             owner_id=None,
-            params=job_type.parse(schedule.params).model_dump(mode="json"),
+            params=job_type.parse(schedule.params).model_dump(mode="json", by_alias=True),
             max_attempts=job_type.max_attempts or self.settings.job_max_attempts,
             idempotency_key=f"schedule:{schedule.name}:{schedule.every:g}:{period}",
         )

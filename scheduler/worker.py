@@ -38,7 +38,7 @@ from scheduler.events import Publisher
 from scheduler.execution import JobRunner
 from scheduler.records import Records
 from scheduler.tracing import LabelsMiddleware
-from storage.job_files import JobFiles
+from storage.filestore import open_store
 from storage.postgres import Database, ReplicaSet
 from storage.redis import open_redis
 
@@ -190,7 +190,7 @@ async def run_worker(settings: Settings, topics: list[str], metrics_port: int | 
         )
         stack.push_async_callback(_close, broker)
         records = Records(db, Publisher(redis, keys.events))
-        files = JobFiles(settings.state_dir / "files")
+        files = await stack.enter_async_context(open_store(settings))
         runner = JobRunner(settings, broker, records, Resources(settings, db, redis, files), name)
         runner.register()
         await broker.startup()

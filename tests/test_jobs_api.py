@@ -93,6 +93,11 @@ async def test_bad_submissions_get_clear_errors_and_write_nothing(jobs_api: Test
         ({"type": "test_steps", "params": {"unknown": 1}}, 422, "params.unknown"),
         ({"type": "test_steps", "surprise": True}, 422, "surprise"),
         ({"type": "test_steps", "delay_seconds": -1}, 422, "delay_seconds"),
+        (
+            {"type": "test_steps", "params": {"steps": 1}, "delay_seconds": 9e9},
+            422,
+            "delay_seconds",
+        ),
     ]
     for body, status, field in cases:
         response = await submit(jobs_api, user, body)
@@ -102,6 +107,13 @@ async def test_bad_submissions_get_clear_errors_and_write_nothing(jobs_api: Test
         assert field in [e["field"] for e in problem["errors"]], problem
     system_only = await submit(jobs_api, user, {"type": "maintenance"})
     assert system_only.status == 403
+    report = {"type": "sales_report", "params": {"from": "2026-01-01", "to": "2026-01-31"}}
+    assert (await submit(jobs_api, user, report)).status == 403  # staff only
+    staff = await sign_up(jobs_api, "staff")
+    backwards = {"type": "sales_report", "params": {"from": "2026-02-01", "to": "2026-01-01"}}
+    refused = await submit(jobs_api, staff, backwards)
+    assert refused.status == 422
+    assert (await refused.json())["errors"][0]["field"] == "params"
     anonymous = await jobs_api.post("/api/v1/jobs", json={"type": "test_steps"})
     assert anonymous.status == 401
     listed = await jobs_api.get("/api/v1/jobs", headers=user.headers)

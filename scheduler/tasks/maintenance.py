@@ -8,9 +8,11 @@ Finished jobs past retention are deleted in small batches, with the files they p
 from __future__ import annotations
 
 from typing import Any
+from uuid import UUID
 
 from scheduler.context import JobContext
 from scheduler.registry import NoParams, job_type
+from storage import files as files_sql
 from storage import jobs
 
 # Partitioned tables and how many days of rows each keeps (None: JOB_RETENTION_DAYS).
@@ -32,11 +34,13 @@ async def maintenance(ctx: JobContext, params: NoParams) -> dict[str, Any]:
     await ctx.progress(50, "partitions checked")
     deleted = 0
     while True:
-        rows = await db.write(jobs.delete_finished, settings.job_retention_days, DELETE_BATCH)
-        for row in rows:
-            result = row["result"]
-            if isinstance(result, dict) and isinstance(result.get("file_key"), str):
-                await files.delete(result["file_key"])
+        async with db.primary() as conn, conn.transaction():
+            rows = await jobs.delete_finished(conn, settings.job_retention_days, DELETE_BATCH)
+            for row in rows:  # the files they produced go with them (reports)
+                result = row["result"]
+                if isinstance(result, dict) and isinstance(result.get("file_id"), str):
+                    for gone in await files_sql.delete(conn, UUID(result["file_id"])):
+                        await files.delete(gone["storage_key"])
         deleted += len(rows)
         if len(rows) < DELETE_BATCH:
             break

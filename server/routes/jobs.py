@@ -1,4 +1,4 @@
-"""Background jobs over REST: submit, follow, list, cancel, download, and (admin) replay."""
+"""Background jobs over REST: submit, follow, list, cancel, and (admin) replay."""
 
 from __future__ import annotations
 
@@ -11,13 +11,12 @@ import pydantic
 from aiohttp import web
 from pydantic import Field
 
-from actors.errors import FieldError, InvalidInput, NotFound, Unauthenticated
+from actors.errors import FieldError, InvalidInput, Unauthenticated
 from actors.identity import Principal
 from actors.jobs import JOBS, CancelJob, GetJob, ListJobs, ReplayJob, SubmitJob
 from scheduler.model import Job
 from server.routing import Input, Routes, json_response
-from server.state import ACTORS, PRINCIPAL, SETTINGS
-from storage.job_files import FileMissing, JobFiles
+from server.state import ACTORS, PRINCIPAL
 
 routes = Routes("/api/v1", tag="jobs")
 
@@ -140,22 +139,6 @@ async def cancel_job(request: web.Request, job_id: UUID) -> JobView:
     """Cancel a waiting job at once, or stop a running one (it turns `cancelled` shortly)."""
     job = await request.app[ACTORS][JOBS].ask(CancelJob(principal_of(request), job_id))
     return JobView.of(job)
-
-
-@routes.get("/jobs/{job_id}/download", access="jobs:submit")
-async def download(request: web.Request, job_id: UUID) -> web.FileResponse:
-    """The file a finished job produced (a report's CSV)."""
-    job = await request.app[ACTORS][JOBS].ask(GetJob(principal_of(request), job_id))
-    key = job.result.get("file_key") if isinstance(job.result, dict) else None
-    if not isinstance(key, str):
-        raise NotFound("this job has no file")
-    files = JobFiles(request.app[SETTINGS].state_dir / "files")
-    try:
-        path = files.local_path(key)
-    except FileMissing:
-        raise NotFound("the file is gone (past retention)") from None
-    name = key.rsplit("/", 1)[-1]
-    return web.FileResponse(path, headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
 
 @routes.get("/admin/jobs/dead", access="jobs:manage")
