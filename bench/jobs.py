@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
 import statistics
-import subprocess
 import sys
 import time
 import uuid
@@ -28,7 +25,7 @@ import asyncpg
 from redis.asyncio import Redis
 
 from actors.tokens import AccessTokens
-from bench.harness import ROOT, Load, Row
+from bench.harness import Load, Row, process
 from bench.run import Bench, environment
 from bench.taskiq_ceiling import broker_for
 from tests.processes import free_port
@@ -62,57 +59,33 @@ def rows(bench: Bench) -> list[Row]:
 
 
 @contextlib.contextmanager
-def _spawned(argv: list[str], env: dict[str, str], log: Path, ready: str) -> Iterator[None]:
-    with open(log, "wb") as output:
-        proc = subprocess.Popen(
-            argv,
-            env=env,
-            cwd=ROOT,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + 60
-        while ready not in log.read_text(errors="replace"):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{argv} did not start: {log.read_text()[-2000:]}")
-            time.sleep(0.1)
-        yield
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
-@contextlib.contextmanager
-def _workers(bench: Bench, count: int) -> Iterator[None]:
-    env = {**environment(bench.settings, 0, 1), **WORKER_ENV, "LOG_LEVEL": "INFO"}
+def _processes(bench: Bench, name: str, argv: list[str], count: int) -> Iterator[None]:
+    """`count` processes of `argv`, each ready once it serves metrics on its `--metrics-port`."""
+    env = {**environment(bench.settings, 0, 1), **WORKER_ENV}
     with contextlib.ExitStack() as stack:
         for i in range(count):
+            port = free_port()
             stack.enter_context(
-                _spawned(
-                    [sys.executable, "-m", "server.cli", "worker", "--topics", "default"],
+                process(
+                    [*argv, "--metrics-port", str(port)],
                     env,
-                    bench.settings.state_dir / f"bench-worker-{i}.log",
-                    "worker started",
+                    f"http://127.0.0.1:{port}/metrics",
+                    bench.settings.state_dir / f"bench-{name}-{i}.log",
                 )
             )
         yield
 
 
-@contextlib.contextmanager
-def _ceiling_workers(bench: Bench, count: int, stream: str, counter: str) -> Iterator[None]:
-    env = {**os.environ}
-    argv = [sys.executable, "-m", "bench.taskiq_ceiling", bench.settings.redis_dsn, stream]
-    with contextlib.ExitStack() as stack:
-        for i in range(count):
-            log = bench.settings.state_dir / f"bench-ceiling-worker-{i}.log"
-            stack.enter_context(_spawned([*argv, counter], env, log, "ready"))
-        yield
+def _workers(bench: Bench, count: int) -> contextlib.AbstractContextManager[None]:
+    argv = [sys.executable, "-m", "server.cli", "worker", "--topics", "default"]
+    return _processes(bench, "worker", argv, count)
+
+
+def _ceiling_workers(
+    bench: Bench, count: int, stream: str, counter: str
+) -> contextlib.AbstractContextManager[None]:
+    argv = [sys.executable, "-m", "bench.taskiq_ceiling", bench.settings.redis_dsn]
+    return _processes(bench, "ceiling-worker", [*argv, stream, counter], count)
 
 
 def _token(bench: Bench, user: str, tokens: AccessTokens | None = None) -> str:
@@ -299,20 +272,15 @@ async def _connect_all(
 
 def _idle_memory(bench: Bench) -> None:
     port = free_port()
-    env = {**environment(bench.settings, port, 1), **SERVER_ENV, "LOG_LEVEL": "INFO"}
-    log = bench.settings.state_dir / "bench-idle-server.log"
-    argv = [sys.executable, "-m", "server.cli", "serve", "--workers", "1"]
-    with open(log, "wb") as output:
-        proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT)
-    try:
-        per_connection = asyncio.run(_measure_idle(bench, f"http://127.0.0.1:{port}", proc.pid))
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    env = {**environment(bench.settings, port, 1), **SERVER_ENV}
+    server = f"http://127.0.0.1:{port}"
+    with process(
+        [sys.executable, "-m", "server.cli", "serve", "--workers", "1"],
+        env,
+        f"{server}/readyz",
+        bench.settings.state_dir / "bench-idle-server.log",
+    ) as proc:
+        per_connection = asyncio.run(_measure_idle(bench, server, proc.pid))
     verdict = "ok" if per_connection < IDLE_TARGET_KIB else "BELOW TARGET"
     print(
         f"{f'{IDLE_CLIENTS} idle WebSockets, one process':<44} "
@@ -322,16 +290,6 @@ def _idle_memory(bench: Bench) -> None:
 
 
 async def _measure_idle(bench: Bench, server: str, pid: int) -> float:
-    deadline = time.monotonic() + 60
-    async with aiohttp.ClientSession() as probe:
-        while True:
-            with contextlib.suppress(aiohttp.ClientError):
-                async with probe.get(f"{server}/readyz") as response:
-                    if response.status == 200:
-                        break
-            if time.monotonic() > deadline:
-                raise RuntimeError("the idle-connection server did not start")
-            await asyncio.sleep(0.1)
     tokens = AccessTokens.from_settings(bench.settings)
     headers: list[dict[str, Any]] = [
         {"Authorization": f"Bearer {_token(bench, f'bench-idle-{i}', tokens)}"}

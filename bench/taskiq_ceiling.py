@@ -1,7 +1,7 @@
 """The ceiling for job throughput: bare taskiq-redis (stream broker, JSON), a no-op task that
 counts itself in Redis, no job records and no events.
 
-    python -m bench.taskiq_ceiling <redis url> <stream> <counter key>
+    python -m bench.taskiq_ceiling <redis url> <stream> <counter key> --metrics-port N
 """
 
 from __future__ import annotations
@@ -16,13 +16,15 @@ from taskiq.receiver import Receiver
 from taskiq.serializers import ORJSONSerializer
 from taskiq_redis import RedisStreamBroker
 
+from observability.metrics import serve_metrics
+
 
 def broker_for(url: str, stream: str) -> RedisStreamBroker:
     broker = RedisStreamBroker(url, queue_name=stream, consumer_id="0", xread_block=1000)
     return broker.with_serializer(ORJSONSerializer())
 
 
-async def work(url: str, stream: str, counter: str) -> None:
+async def work(url: str, stream: str, counter: str, port: int) -> None:
     broker = broker_for(url, stream)
     redis = Redis.from_url(url)
 
@@ -34,10 +36,11 @@ async def work(url: str, stream: str, counter: str) -> None:
     await broker.startup()
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    print("ready", flush=True)
+    serve_metrics("127.0.0.1", port)  # also tells the bench it is ready
     await Receiver(broker, max_async_tasks=64, run_startup=False).listen(stop)
     await broker.shutdown()
 
 
 if __name__ == "__main__":
-    uvloop.run(work(*sys.argv[1:4]))
+    url, stream, counter, _, port = sys.argv[1:6]
+    uvloop.run(work(url, stream, counter, int(port)))
