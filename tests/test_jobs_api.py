@@ -20,6 +20,7 @@ from scheduler.model import JobEvent
 from server.app import create_app
 from server.live import LIVE
 from tests.conftest import eventually, settings_for
+from tests.files_support import png, upload
 from tests.jobs_support import FAST, Jobs, env_for, job_queue
 from tests.people import Caller, sign_up
 from tests.processes import ROOT, free_port, wait_until_serving
@@ -341,3 +342,24 @@ async def test_two_server_processes_share_events_and_close_with_1001(
             if server.returncode is None:
                 server.kill()
                 await server.wait()
+
+
+async def test_a_thumbnail_job_makes_a_downloadable_thumbnail(
+    jobs_api: TestClient, worker: Jobs
+) -> None:
+    owner, stranger = await sign_up(jobs_api), await sign_up(jobs_api)
+    uploaded = await upload(jobs_api, png(640, 480), filename="cat.png", headers=owner.headers)
+    assert uploaded.status == 201, await uploaded.text()
+    image = (await uploaded.json())["id"]
+
+    theirs = await submit(jobs_api, stranger, {"type": "thumbnail", "params": {"file_id": image}})
+    refused = await finished(jobs_api, stranger, (await theirs.json())["id"])
+    assert (refused["state"], refused["error"]) == ("failed", "PermanentFailure: no such file")
+
+    mine = await submit(jobs_api, owner, {"type": "thumbnail", "params": {"file_id": image}})
+    done = await finished(jobs_api, owner, (await mine.json())["id"])
+    assert done["state"] == "succeeded"
+    got = await jobs_api.get(done["result"]["download_url"], headers=owner.headers)
+    assert got.status == 200
+    assert got.content_type == "image/webp"
+    assert len(await got.read()) == done["result"]["size"]
