@@ -167,3 +167,6 @@ async def job_queue(settings: Settings, tmp: Path) -> AsyncIterator[Jobs]:
         finally:
             for process in queue.processes:
                 await process.stop()
+            # The test Redis keeps its data across runs (append-only file): leave none behind.
+            async for key in redis.scan_iter(match=f"{settings.redis_namespace}:*", count=1000):
+                await redis.delete(key)
