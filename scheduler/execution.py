@@ -148,12 +148,15 @@ class JobRunner:
         counters.running.inc()
         try:
             result = await asyncio.shield(task)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as error:
             if not task.done():  # this delivery's own task was cancelled: stop the job too
                 task.cancel()
                 raise
-            state = JobState.QUEUED if run.returning else JobState.CANCELLED
-            return Outcome(job_id, attempt, state, message=_stopped(run))
+            if run.returning or run.cancel_requested:
+                state = JobState.QUEUED if run.returning else JobState.CANCELLED
+                return Outcome(job_id, attempt, state, message=_stopped(run))
+            # The handler cancelled itself (nobody asked): a failed attempt like any other.
+            return self._after_failure(job_id, attempt, row["max_attempts"], error)
         except PermanentFailure as error:
             return Outcome(job_id, attempt, JobState.FAILED, error=_describe(error))
         except Exception as error:
@@ -174,7 +177,7 @@ class JobRunner:
             return await job_type.handler(context, parsed)
 
     def _after_failure(
-        self, job_id: UUID, attempt: int, max_attempts: int, error: Exception
+        self, job_id: UUID, attempt: int, max_attempts: int, error: BaseException
     ) -> Outcome:
         if attempt >= max_attempts:
             return Outcome(job_id, attempt, JobState.DEAD, error=_describe(error))
