@@ -172,21 +172,22 @@ async def _bare_taskiq(bench: Bench, stream: str, counter: str, count: int) -> L
         async def sender() -> None:
             while queue:
                 queue.pop()
-                await kicker.kiq()
+                await kicker.kiq(time.time())
 
         started = time.perf_counter()
         await asyncio.gather(*(sender() for _ in range(SUBMITTERS)))
-        while int(await redis.get(counter) or 0) < count:  # noqa: ASYNC110 - polling Redis
+        while await redis.llen(counter) < count:  # noqa: ASYNC110 - polling Redis
             await asyncio.sleep(0.02)
         elapsed = time.perf_counter() - started
+        ms = [float(value) for value in await redis.lrange(counter, 0, -1)]
     finally:
         await broker.shutdown()
         await redis.delete(counter, stream)
         await redis.aclose()
-    return Load(count / elapsed, 0.0, 0.0, 0, count)
+    return Load(count / elapsed, _percentile(ms, 0.5), _percentile(ms, 0.99), 0, count)
 
 
-async def _never_called() -> None:
+async def _never_called(sent: float) -> None:
     """Stands for the ceiling workers' task on the sending side (only its name is used)."""
 
 

@@ -1,5 +1,5 @@
 """The ceiling for job throughput: bare taskiq-redis (stream broker, JSON), a no-op task that
-counts itself in Redis, no job records and no events.
+records its latency in Redis, no job records and no events.
 
     python -m bench.taskiq_ceiling <redis url> <stream> <counter key> --metrics-port N
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+import time
 
 import uvloop
 from redis.asyncio import Redis
@@ -29,8 +30,10 @@ async def work(url: str, stream: str, counter: str, port: int) -> None:
     redis = Redis.from_url(url)
 
     @broker.task(task_name="ceiling_noop")
-    async def noop() -> None:
-        await redis.incr(counter)
+    async def noop(sent: float) -> None:
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.rpush(counter, (time.time() - sent) * 1000)  # milliseconds from send to run
+            await pipe.execute()
 
     broker.is_worker_process = True
     await broker.startup()
