@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import secrets
@@ -30,6 +29,7 @@ from typing import Any, Literal
 import asyncpg
 from pydantic import BaseModel
 
+from actors import background, pools
 from actors.access import ADMIN, CUSTOMER, permissions_of
 from actors.errors import Conflict, NotFound, Unauthenticated
 from actors.identity import Principal
@@ -195,33 +195,23 @@ class Accounts(Actor):
         self.replicas = replicas
         self.sessions = sessions
         self._stack = AsyncExitStack()
-        self._maintenance: asyncio.Task[None] | None = None
         self.db: Database
         self.passwords: Passwords
 
     async def on_start(self) -> None:
         s = self.settings
         self.db = await self._stack.enter_async_context(
-            Database.open(
-                s.primary_dsn,
-                s.replica_dsns,
-                self.replicas,
-                name="accounts",
-                size=s.db_pool_size,
-                connect_timeout=s.db_connect_timeout,
-                command_timeout=s.db_command_timeout,
-            )
+            pools.database(s, self.replicas, "accounts")
         )
         self.passwords = Passwords.from_settings(s)
         self._stack.callback(self.passwords.close)
         await self.passwords.prepare()
-        await self._maintain()
-        self._maintenance = asyncio.create_task(self._maintain_forever(), name="accounts:upkeep")
+        upkeep = background.repeat(
+            self._maintain, every=MAINTENANCE_INTERVAL, name="accounts:upkeep", log=log
+        )
+        self._stack.push_async_callback(background.cancel, upkeep)
 
     async def on_stop(self) -> None:
-        if self._maintenance is not None:
-            self._maintenance.cancel()
-            await asyncio.gather(self._maintenance, return_exceptions=True)
         await self._stack.aclose()
 
     # -- credentials and sessions ----------------------------------------------------------
@@ -257,7 +247,11 @@ class Accounts(Actor):
         if self.passwords.needs_rehash(row["password_hash"]):
             new_hash = await self.passwords.hash(message.password)
             await self.db.write(accounts.set_password_hash, row["id"], new_hash)
-        pair = await self.db.write(self._open_session, row["id"], row["roles"], uuid.uuid4())
+        pair, position = await write_with_position(
+            self.db, self._open_session, row["id"], row["roles"], uuid.uuid4()
+        )
+        # The login wrote; from now on this user's reads see at least the account as it is.
+        await self._remember(row["id"], position)
         metrics.AUTH_EVENTS.labels("login").inc()
         return pair
 
@@ -440,14 +434,6 @@ class Accounts(Actor):
         async with self.db.primary() as conn:
             await audit.ensure_partitions(conn, AUDIT_MONTHS_AHEAD)
             await accounts.delete_expired_refresh_tokens(conn, EXPIRED_TOKEN_GRACE_DAYS)
-
-    async def _maintain_forever(self) -> None:
-        while True:
-            await asyncio.sleep(MAINTENANCE_INTERVAL)
-            try:
-                await self._maintain()
-            except Exception:
-                log.exception("accounts upkeep failed; will retry")
 
 
 def _digest(refresh_token: str) -> bytes:

@@ -44,6 +44,25 @@ class InvalidInput(DomainError):
         self.errors = list(errors)
 
 
+# -- commerce (issue 3) ---------------------------------------------------------------------
+
+
+class OutOfStock(Conflict):
+    """An order asked for more than is in stock; nothing was taken."""
+
+
+class IllegalTransition(Conflict):
+    """An order cannot move from its status to the one asked for."""
+
+
+class IdempotencyKeyInUse(Conflict):
+    """A request with the same Idempotency-Key is still being handled."""
+
+
+class IdempotencyKeyReused(InvalidInput):
+    """An Idempotency-Key already used for a different request."""
+
+
 class RuntimeFailure(Exception):
     """Raised by the actor runtime itself, not by domain logic."""
 

@@ -41,15 +41,25 @@ def decode_cursor(cursor: str, shape: Sequence[Callable[[Any], Any]]) -> tuple[A
             raise ValueError("wrong shape")
         return tuple(convert(value) for convert, value in zip(shape, values, strict=True))
     except (ValueError, TypeError, binascii.Error):
-        raise InvalidInput(
-            "invalid cursor", [FieldError("cursor", "not a cursor from this listing")]
-        ) from None
+        raise foreign_cursor() from None
+
+
+def foreign_cursor() -> InvalidInput:
+    """The error for a cursor this listing did not make."""
+    return InvalidInput("invalid cursor", [FieldError("cursor", "not a cursor from this listing")])
 
 
 def integer(value: Any) -> int:
     """A cursor converter: an integer and nothing that merely converts to one."""
     if not isinstance(value, int) or isinstance(value, bool):
         raise TypeError("not an integer")
+    return value
+
+
+def text(value: Any) -> str:
+    """A cursor converter: a string."""
+    if not isinstance(value, str):
+        raise TypeError("not a string")
     return value
 
 

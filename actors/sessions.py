@@ -3,7 +3,8 @@
 It verifies access tokens, checks them against the deny-list (tokens revoked before their
 expiry: logout, a reused refresh token, a role change, a deactivated account), and looks up
 the caller's read-your-writes floor, in one Redis round trip. It owns that state in Redis:
-the deny-list entries and each user's recent write position (`storage.freshness`).
+the deny-list entries and each user's recent write position (`storage.freshness`). The
+lookups of one event-loop tick share one MGET.
 
 Verified tokens are remembered for the rest of their life, so a client that reuses its
 token skips the signature check; the deny-list is still consulted on every request.
@@ -14,9 +15,11 @@ from __future__ import annotations
 import time
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from typing import Any
 
 from redis.asyncio import Redis
 
+from actors import pools
 from actors.errors import Unauthenticated
 from actors.identity import Principal
 from actors.runtime import Actor, Message, handler
@@ -24,8 +27,9 @@ from actors.system import ActorKey
 from actors.tokens import AccessClaims, AccessTokens
 from config import Settings
 from observability import metrics
+from storage.batching import TickBatch
 from storage.freshness import WriteFloors, stored_floor
-from storage.redis import Keys, open_redis
+from storage.redis import Keys
 
 VERIFIED_CACHE_SIZE = 10_000
 
@@ -64,15 +68,15 @@ class Sessions(Actor):
         self._stack = AsyncExitStack()
         self._redis: Redis
         self._floors: WriteFloors
+        self._lookups: TickBatch[tuple[str, str], tuple[Any, Any]]
         self._verified: dict[str, AccessClaims] = {}
         self._rejected = metrics.AUTH_EVENTS.labels("rejected")
 
     async def on_start(self) -> None:
         s = self.settings
-        self._redis = await self._stack.enter_async_context(
-            open_redis(s.redis_dsn, name="sessions", size=s.redis_pool_size)
-        )
+        self._redis = await self._stack.enter_async_context(pools.redis(s, "sessions"))
         self._floors = WriteFloors(self._redis, self.keys, s.read_your_writes_seconds)
+        self._lookups = TickBatch(self._mget)
 
     async def on_stop(self) -> None:
         await self._stack.aclose()
@@ -84,8 +88,8 @@ class Sessions(Actor):
         except Unauthenticated:
             self._rejected.inc()
             raise
-        denied, floor = await self._redis.mget(
-            self._denied_key(claims.token_id), self._floors.key(claims.user_id)
+        denied, floor = await self._lookups(
+            (self._denied_key(claims.token_id), self._floors.key(claims.user_id))
         )
         if denied is not None:
             self._rejected.inc()
@@ -105,6 +109,11 @@ class Sessions(Actor):
     @handler
     async def remember_write(self, message: RememberWrite) -> None:
         await self._floors.remember(message.user_id, message.position)
+
+    async def _mget(self, pairs: list[tuple[str, str]]) -> list[tuple[Any, Any]]:
+        """One MGET for the lookups of a whole event-loop tick."""
+        values = await self._redis.mget([key for pair in pairs for key in pair])
+        return list(zip(values[::2], values[1::2], strict=True))
 
     def _verify(self, token: str) -> AccessClaims:
         claims = self._verified.get(token)

@@ -1,6 +1,6 @@
 """`make bench`: every row beside its ceiling, measured in the same run on the same machine.
 
-python -m bench [--seconds 5] [--connections 64,256] [--workers N]
+python -m bench [--seconds 5] [--connections 64,256] [--workers N] [--only commerce]
 """
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ import argparse
 import os
 import sys
 
-from bench import foundation, jobs, ratelimit
+from bench import commerce, foundation, jobs, ratelimit
 from bench.run import Bench, bench_services, print_header, servers, summary
 
-SUITES = (foundation.rows, ratelimit.rows, jobs.rows)
+SUITES = (foundation.rows, ratelimit.rows, commerce.rows, jobs.rows)
 
 
 def main() -> int:
@@ -20,12 +20,14 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--connections", default="64,256")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--only", help="comma-separated suites (module names), e.g. commerce")
     args = parser.parse_args()
+    suites = [s for s in SUITES if not args.only or s.__module__.split(".")[-1] in args.only]
     connections = tuple(int(c) for c in args.connections.split(","))
     with bench_services("bench") as settings, servers(settings, args.workers) as (server, top):
         print_header(args.workers, args.seconds)
         bench = Bench(server, top, settings, args.seconds, connections, args.workers)
-        rows = [row for suite in SUITES for row in suite(bench)]
+        rows = [row for suite in suites for row in suite(bench)]
     return summary(rows)
 
 

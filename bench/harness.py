@@ -126,6 +126,11 @@ def _static_script(request: Request) -> str:
     return "\n".join(lines) + "\n" + _COUNT_ERRORS
 
 
+def counting_errors(lua: str) -> str:
+    """A wrk script that also counts HTTP errors, as the static ones do."""
+    return lua + "\n" + _COUNT_ERRORS
+
+
 # wrk counts only socket errors; count HTTP >= 400 as errors too.
 _COUNT_ERRORS = """
 local bad = 0

@@ -79,7 +79,7 @@ def bench_services(state: str) -> Iterator[Settings]:
         embedded.start(needed)
     try:
         resolved = resolve(settings)
-        asyncio.run(migrate(resolved.primary_dsn))  # the servers expect the current schema
+        asyncio.run(migrate(resolved.primary_dsn))  # the shipped server needs its schema
         yield resolved
     finally:
         if needed:

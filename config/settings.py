@@ -206,6 +206,12 @@ class Settings(BaseSettings):
     admin_password: SecretStr | None = None
     read_your_writes_seconds: float = Field(5.0, ge=0, le=3600)
 
+    # -- catalog cache (issue 3) --
+    catalog_cache_seconds: float = Field(300.0, gt=0, description="Redis cache entry lifetime")
+    catalog_near_cache_seconds: float = Field(60.0, gt=0, description="in-process entry lifetime")
+    catalog_near_cache_size: int = Field(10_000, ge=1, description="in-process entries per kind")
+    idempotency_key_hours: int = Field(24, ge=1, le=24 * 30, description="keys kept at least")
+
     # -- files: uploads and the file store ---------------------------------------------------
     files_backend: Literal["local", "s3"] = "local"
     files_local_dir: Path | None = Field(None, description="default: STATE_DIR/files")

@@ -194,12 +194,17 @@ CACHE_LOOKUPS = Counter(
     "Catalog cache lookups by layer (near: in-process, redis) and result (hit, miss).",
     ["cache", "result"],
 )
+CACHE_LOADS = Counter(
+    "cache_loads_total",
+    "Database reads made to fill the catalog cache, by kind (item, listing).",
+    ["kind"],
+)
 CACHE_INVALIDATIONS = Counter(
-    "cache_invalidations_total", "Catalog cache invalidations received, by origin.", ["origin"]
+    "cache_invalidations_total", "Catalog changes applied to this process's near cache."
 )
 CACHE_FILLS_SKIPPED = Counter(
     "cache_fills_skipped_total",
-    "Cache fills dropped because a write to the same data happened while they were read.",
+    "Cache fills not kept because the data changed while they were being read.",
 )
 ORDERS = Counter(
     "orders_total",

@@ -13,10 +13,12 @@ from aiohttp import web
 
 from actors import ActorSystem
 from actors.accounts import ACCOUNTS, Accounts
+from actors.catalog import CATALOG, Catalog
 from actors.files import FILES, Files
 from actors.health import HEALTH, HealthMonitor
 from actors.identity import Principal
 from actors.jobs import JOBS, JobsActor
+from actors.orders import ORDERS, Orders
 from actors.sessions import SESSIONS, Authenticate, Sessions
 from actors.tokens import AccessTokens
 from config import Settings
@@ -25,7 +27,7 @@ from server.access import authenticate, authorize, check_routes
 from server.live import LIVE, LiveHub
 from server.middleware import limits, observe, problem_details, security_headers
 from server.ratelimit import LIMITER, RateLimiter, quota_headers, rate_limit
-from server.routes import admin, auth, files, jobs, live, operations
+from server.routes import admin, auth, catalog, docs, files, jobs, live, operations, orders
 from server.routing import install
 from server.state import ACTORS, LIFECYCLE, SETTINGS, Lifecycle
 from storage.postgres import ReplicaSet
@@ -77,7 +79,9 @@ async def create_app(settings: Settings) -> web.Application:
         app.on_cleanup.append(lambda app: _flush(access_log))
 
     install(app, operations.routes)
-    install(app, auth.routes, admin.routes, files.routes)
+    install(app, auth.routes, admin.routes, catalog.routes, orders.routes, files.routes)
+    install(app, docs.routes)
+    docs.setup(app)
     install(app, jobs.routes, live.routes)
     app.on_startup.append(check_routes)
     allow_cors(app, settings.cors_origins)
@@ -105,6 +109,16 @@ async def actors(app: web.Application) -> AsyncIterator[None]:
             ACCOUNTS,
             lambda: Accounts(settings, tokens, replicas, sessions),
             concurrency=settings.db_pool_size,
+        )
+        catalog = await system.spawn(  # cache hits wait on no pool; misses are bounded by them
+            CATALOG,
+            lambda: Catalog(settings, replicas, sessions),
+            concurrency=settings.db_pool_size + settings.redis_pool_size,
+        )
+        await system.spawn(  # twice its pool: after its commit, an order waits on Redis
+            ORDERS,
+            lambda: Orders(settings, replicas, sessions, catalog),
+            concurrency=settings.db_pool_size * 2,
         )
         await system.spawn(
             FILES,

@@ -10,6 +10,12 @@ from storage.freshness import HEADER, Written, header_floor, header_value
 
 T = TypeVar("T")
 
+# For the API description of every route that answers a write with the header.
+READ_AFTER = {
+    HEADER: "The WAL position of this write: send it back on later requests to read at least "
+    "this fresh data from any process"
+}
+
 
 def written(result: Written[T], status: int | None = None) -> Reply[T]:
     """A write's result, with the WAL position that shows it in the `X-Read-After` header:

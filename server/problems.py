@@ -8,7 +8,6 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 import pydantic
 from aiohttp import web
 
@@ -43,6 +42,14 @@ PROBLEMS: dict[type[BaseException], Problem] = {
     errors.PermissionDenied: Problem(403, "forbidden", "Forbidden"),
     errors.NotFound: Problem(404, "not-found", "Not found"),
     errors.Conflict: Problem(409, "conflict", "Conflict"),
+    errors.OutOfStock: Problem(409, "out-of-stock", "Not enough stock"),
+    errors.IllegalTransition: Problem(409, "illegal-transition", "Not allowed in this status"),
+    errors.IdempotencyKeyInUse: Problem(
+        409, "idempotency-key-in-use", "A request with this key is in progress", retry=True
+    ),
+    errors.IdempotencyKeyReused: Problem(
+        422, "idempotency-key-reused", "Idempotency-Key reused for another request"
+    ),
     RateLimited: Problem(429, "rate-limited", "Too many requests", retry=True),
     errors.Overloaded: Problem(503, "overloaded", "Service overloaded", retry=True),
     errors.ActorStopped: Problem(503, "unavailable", "Service unavailable", retry=True),
@@ -63,6 +70,25 @@ _UNAVAILABLE = PROBLEMS[errors.DependencyUnavailable]
 _INTERNAL = Problem(500, "internal", "Internal server error")
 
 
+class FieldIssue(pydantic.BaseModel):
+    field: str
+    message: str
+
+
+class ProblemDetails(pydantic.BaseModel):
+    """An error, as RFC 9457 describes it. `type` names the kind of problem (`GET` it for a
+    description); validation problems list each bad field in `errors`."""
+
+    model_config = pydantic.ConfigDict(extra="allow")
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    errors: list[FieldIssue] | None = None
+    request_id: str | None = None
+
+
 def problem_response(
     problem: Problem,
     detail: str,
@@ -71,15 +97,18 @@ def problem_response(
     headers: dict[str, str] | None = None,
     **extra: Any,
 ) -> web.Response:
-    body = {
-        "type": f"/problems/{problem.slug}",
-        "title": problem.title,
-        "status": problem.status,
-        "detail": detail,
+    body = ProblemDetails(
+        type=f"/problems/{problem.slug}",
+        title=problem.title,
+        status=problem.status,
+        detail=detail,
         **extra,
-    }
+    )
     response = web.Response(
-        body=orjson.dumps(body), status=problem.status, content_type=PROBLEM_JSON, headers=headers
+        body=body.__pydantic_serializer__.to_json(body, exclude_none=True),
+        status=problem.status,
+        content_type=PROBLEM_JSON,
+        headers=headers,
     )
     if problem.retry:
         response.headers["Retry-After"] = str(retry_after)

@@ -143,7 +143,7 @@ class Reply(typing.Generic[R]):
     """A handler's answer with headers of its own: `-> Reply[Product]` declares `Product` as
     the response model, and the view sends `body` with `headers` (and `status` if given)."""
 
-    body: R
+    body: R | bytes  # bytes: JSON already encoded (a cached answer)
     headers: dict[str, str] = field(default_factory=dict)
     status: int | None = None
 
@@ -168,7 +168,9 @@ def json_response(
     data: Any, *, status: int = 200, headers: dict[str, str] | None = None
 ) -> web.Response:
     """A JSON response from a model, or from anything orjson encodes."""
-    if isinstance(data, pydantic.BaseModel):
+    if isinstance(data, bytes):
+        body = data
+    elif isinstance(data, pydantic.BaseModel):
         body = data.__pydantic_serializer__.to_json(data)
     else:
         body = orjson.dumps(data, default=_encode)
@@ -246,9 +248,10 @@ def _view(endpoint: Endpoint) -> Handler:
         if result is None:
             return web.Response(status=endpoint.status)
         if isinstance(result, Reply):
-            return json_response(
-                result.body, status=result.status or endpoint.status, headers=result.headers
-            )
+            status = result.status or endpoint.status
+            if result.body is None:
+                return web.Response(status=status, headers=result.headers)
+            return json_response(result.body, status=status, headers=result.headers)
         return json_response(result, status=endpoint.status)
 
     view.endpoint = endpoint  # type: ignore[attr-defined]

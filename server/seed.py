@@ -1,5 +1,7 @@
 """`backend seed`: the first admin account and the demo catalog. Safe to run again: what
-exists is left as it is (an existing admin's password is never changed)."""
+exists is left as it is (an existing admin's password is never changed).
+
+Products are written directly, then retired from the catalog cache like any write."""
 
 from __future__ import annotations
 
@@ -12,7 +14,10 @@ import asyncpg
 from actors.access import ADMIN
 from actors.passwords import Passwords
 from config import ConfigError, Settings
-from storage import accounts
+from storage import accounts, catalog
+from storage.catalog_cache import CatalogCache
+from storage.postgres import primary_position
+from storage.redis import Keys, open_redis
 
 DEV_ADMIN_EMAIL = "admin@example.com"
 ADMIN_SECRET_FILE = "admin-password"  # noqa: S105 - a file name
@@ -22,9 +27,27 @@ async def seed(settings: Settings) -> list[str]:
     """Seed the database; return a line per thing done, for the operator."""
     conn = await asyncpg.connect(settings.primary_dsn)
     try:
-        return [await seed_admin(conn, settings)]
+        admin = await seed_admin(conn, settings)
+        added = await seed_products(conn)
+        if added:
+            await _retire_cached(settings, added, await primary_position(conn))
     finally:
         await conn.close()
+    already = len(DEMO_PRODUCTS) - len(added)
+    return [admin, f"demo products: {len(added)} added, {already} already there"]
+
+
+async def _retire_cached(settings: Settings, product_ids: list[int], position: int) -> None:
+    """A server may be running, or have left cached pages behind in Redis: retire them."""
+    async with open_redis(settings.redis_dsn, name="seed", size=1) as redis:
+        cache = CatalogCache(
+            redis,
+            Keys(settings.redis_namespace),
+            ttl=settings.catalog_cache_seconds,
+            near_ttl=settings.catalog_near_cache_seconds,
+            near_size=1,
+        )
+        await cache.invalidate(product_ids, position)
 
 
 async def seed_admin(conn: asyncpg.Connection, settings: Settings) -> str:
@@ -47,6 +70,43 @@ async def seed_admin(conn: asyncpg.Connection, settings: Settings) -> str:
     async with conn.transaction():
         await accounts.insert_user(conn, email, "Administrator", password_hash, [ADMIN])
     return f"admin: {email} created{where}"
+
+
+# A small shop to browse and order from: (sku, name, description, price in cents, stock).
+DEMO_PRODUCTS = (
+    ("MUG-001", "Stoneware mug", "Holds 350 ml of coffee; dishwasher safe.", 1299, 120),
+    ("MUG-002", "Enamel camping mug", "Light, unbreakable, 400 ml.", 1499, 80),
+    ("TEE-001", "Organic cotton T-shirt", "Heavyweight, relaxed fit.", 2500, 200),
+    ("TEE-002", "Long-sleeve T-shirt", "Soft jersey, crew neck.", 3200, 150),
+    ("BAG-001", "Canvas tote bag", "Sturdy 12 oz canvas with inner pocket.", 1800, 90),
+    ("BAG-002", "Roll-top backpack", "Waterproof, 22 litres.", 8900, 40),
+    ("NTB-001", "Dotted notebook A5", "160 pages of 100 g paper.", 1400, 300),
+    ("PEN-001", "Fountain pen", "Steel nib, converter included.", 4500, 60),
+    ("LMP-001", "Desk lamp", "Warm LED, adjustable arm.", 5900, 35),
+    ("PLT-001", "Ceramic plant pot", "With drainage hole and saucer.", 2200, 70),
+    ("TEA-001", "Loose-leaf green tea", "100 g, first flush.", 950, 250),
+    ("CHO-001", "Dark chocolate bar", "72% cacao, 100 g.", 450, 0),  # sold out
+)
+
+
+async def seed_products(conn: asyncpg.Connection) -> list[int]:
+    """The demo catalog: each product whose SKU is not taken by a live product; returns the
+    ids of those added."""
+    added = []
+    for sku, name, description, price, stock in DEMO_PRODUCTS:
+        if await conn.fetchval("SELECT 1 FROM products WHERE sku = $1 AND deleted_at IS NULL", sku):
+            continue
+        fields = {
+            "sku": sku,
+            "name": name,
+            "description": description,
+            "price_minor": price,
+            "currency": "EUR",
+            "stock": stock,
+            "active": True,
+        }
+        added.append((await catalog.insert_product(conn, fields))["id"])
+    return added
 
 
 def _admin_password(settings: Settings) -> tuple[str, str]:

@@ -27,7 +27,7 @@ import socket
 import stat
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -361,8 +361,23 @@ class EmbeddedServices:
             )
         subprocess.run([str(_redis_server()), str(conf)], check=True, timeout=30)  # noqa: S603
         _wait_for_port(state.redis_port, "redis", self.redis_dir / "redis.log")
-        _wait_for_redis(state, self._redis_pid)
+        self._wait_for_redis(state)
         log.info("redis started", extra={"service": "redis", "port": state.redis_port})
+
+    def _wait_for_redis(self, state: _State, timeout: float = 30.0) -> None:
+        """Until Redis answers commands (it listens while still loading its data) and its
+        pidfile is written (it listens before writing it), so `status()` agrees."""
+        client = redis.Redis(port=state.redis_port, password=state.redis_password)
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                with contextlib.suppress(redis.BusyLoadingError, redis.ConnectionError):
+                    if client.ping() and self._redis_pid() is not None:
+                        return
+                time.sleep(0.02)
+        finally:
+            client.close()
+        raise ServicesError(f"redis did not become ready\n{_tail(self.redis_dir / 'redis.log')}")
 
     def _stop_redis(self) -> None:
         pid = self._redis_pid()
@@ -477,24 +492,6 @@ def _wait_for_port(port: int, service: str, logfile: Path, timeout: float = 30.0
                 return
         time.sleep(0.02)
     raise ServicesError(f"{service} did not start listening on {port}\n{_tail(logfile)}")
-
-
-def _wait_for_redis(state: _State, pid: Callable[[], int | None], timeout: float = 60.0) -> None:
-    """Listening is not ready: a daemonized redis writes its pidfile (which `status()` reads)
-    after it listens, and answers LOADING while it replays its append-only file."""
-    client = redis.Redis(port=state.redis_port, password=state.redis_password, socket_timeout=5)
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            try:
-                if client.ping() and pid() is not None:
-                    return
-            except redis.exceptions.BusyLoadingError:
-                pass
-            time.sleep(0.02)
-    finally:
-        client.close()
-    raise ServicesError("redis did not become ready")
 
 
 def _tail(path: Path, lines: int = 20) -> str:

@@ -15,12 +15,22 @@ the replicas that have not replayed that far, using the primary meanwhile.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Final, Generic, ParamSpec, TypeVar
 
 from redis.asyncio import Redis
 
-from storage.postgres import Database, Query, format_lsn, parse_lsn, primary_position
+from storage.batching import TickBatch
+from storage.postgres import (
+    Database,
+    Query,
+    format_lsn,
+    parse_lsn,
+    primary_position,
+    read_floor,
+)
 from storage.redis import Keys
 
 P = ParamSpec("P")
@@ -28,14 +38,18 @@ T = TypeVar("T")
 
 HEADER: Final = "X-Read-After"
 
-# Keeps the larger of the stored and the given position and renews the window. Positions are
-# stored as 16 hex digits, so comparing the strings compares the positions.
+# For each key, keeps the larger of the stored and the given position and renews the window.
+# Positions are 16 hex digits, so comparing the strings compares the positions.
+# KEYS: one per user. ARGV: a position per key, then the window in milliseconds.
 _REMEMBER = """
-local current = redis.call('GET', KEYS[1])
-if current and current >= ARGV[1] then
-    redis.call('PEXPIRE', KEYS[1], ARGV[2])
-else
-    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+local window = ARGV[#KEYS + 1]
+for i, key in ipairs(KEYS) do
+    local current = redis.call('GET', key)
+    if current and current >= ARGV[i] then
+        redis.call('PEXPIRE', key, window)
+    else
+        redis.call('SET', key, ARGV[i], 'PX', window)
+    end
 end
 """
 
@@ -49,22 +63,27 @@ class Written(Generic[T]):
 
 
 class WriteFloors:
-    """Each user's recent write position, kept in Redis for a short window."""
+    """Each user's recent write position, kept in Redis for a short window (the writes
+    remembered during one event-loop tick go to Redis together)."""
 
     def __init__(self, redis: Redis, keys: Keys, window_seconds: float) -> None:
-        self._redis = redis
         self._keys = keys
         self._window_ms = int(window_seconds * 1000)
         self._remember = redis.register_script(_REMEMBER)
+        self._batch = TickBatch(self._send)
 
     def key(self, user_id: str) -> str:
         return self._keys("floor", user_id)
 
     async def remember(self, user_id: str, position: int) -> None:
         if self._window_ms:
-            await self._remember(
-                keys=[self.key(user_id)], args=[f"{position:016x}", self._window_ms]
-            )
+            await self._batch((self.key(user_id), position))
+
+    async def _send(self, floors: list[tuple[str, int]]) -> list[None]:
+        keys = [key for key, _ in floors]
+        positions = [f"{position:016x}" for _, position in floors]
+        await self._remember(keys=keys, args=[*positions, self._window_ms])
+        return [None] * len(floors)
 
 
 def stored_floor(value: bytes | None) -> int:
@@ -95,3 +114,23 @@ async def write_with_position(
         async with conn.transaction():
             result = await query(conn, *args, **kwargs)
         return result, await primary_position(conn)
+
+
+async def run_with_position(
+    db: Database, query: Query[P, T], *args: P.args, **kwargs: P.kwargs
+) -> tuple[T, int]:
+    """Like `write_with_position`, for a `query` that makes its own atomicity (a single
+    statement, or its own transaction when it needs one)."""
+    async with db.primary() as conn:
+        result = await query(conn, *args, **kwargs)
+        return result, await primary_position(conn)
+
+
+@contextmanager
+def reading_after(position: int) -> Iterator[None]:
+    """Reads inside see at least WAL `position` (and whatever floor was already set)."""
+    token = read_floor.set(max(read_floor.get(), position))
+    try:
+        yield
+    finally:
+        read_floor.reset(token)

@@ -134,8 +134,13 @@ async def open_pool(
     min_size: int = 0,
     connect_timeout: float = 5.0,
     command_timeout: float | None = 10.0,
+    reset_sessions: bool = True,
 ) -> AsyncIterator[Pool]:
-    """A connection pool, closed on exit. `name` shows as application_name in pg_stat_activity."""
+    """A connection pool, closed on exit. `name` shows as application_name in pg_stat_activity.
+
+    A released connection is reset (session settings, session advisory locks, LISTENs,
+    cursors): a round trip per release. A pool whose users keep all their state inside
+    transactions can pass `reset_sessions=False`; an open transaction is rolled back anyway."""
     pool = await asyncpg.create_pool(
         dsn,
         min_size=min(min_size, size),
@@ -143,12 +148,17 @@ async def open_pool(
         timeout=connect_timeout,
         command_timeout=command_timeout,
         init=_init_connection,
+        reset=None if reset_sessions else _keep_session,
         server_settings={"application_name": name},
     )
     try:
         yield pool
     finally:
         await pool.close()
+
+
+async def _keep_session(conn: Connection) -> None:
+    """Nothing to reset (asyncpg has already rolled back any open transaction)."""
 
 
 class Database:
@@ -160,6 +170,10 @@ class Database:
         self.replica_set = replica_set
         self._on_replica = metrics.DB_READS.labels("replica")
         self._on_primary = metrics.DB_READS.labels("primary")
+        self._floored = {
+            True: metrics.READS_AFTER_WRITE.labels("replica"),
+            False: metrics.READS_AFTER_WRITE.labels("primary"),
+        }
 
     @classmethod
     @asynccontextmanager
@@ -173,12 +187,14 @@ class Database:
         size: int,
         connect_timeout: float = 5.0,
         command_timeout: float | None = 10.0,
+        reset_sessions: bool = True,
     ) -> AsyncIterator[Database]:
         """Open the pools (the primary's eagerly, so a wrong URL fails at start) and close them."""
         options: dict[str, Any] = {
             "size": size,
             "connect_timeout": connect_timeout,
             "command_timeout": command_timeout,
+            "reset_sessions": reset_sessions,
         }
         async with AsyncExitStack() as stack:
             primary = await stack.enter_async_context(
@@ -201,7 +217,10 @@ class Database:
 
     async def read(self, query: Query[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run `query(conn, ...)` on a healthy replica, or on the primary when none will do."""
-        index = self.replica_set.pick(read_floor.get())
+        floor = read_floor.get()
+        index = self.replica_set.pick(floor)
+        if floor:
+            self._floored[index is not None].inc()
         if index is not None:
             try:
                 async with self._replicas[index].acquire() as conn:

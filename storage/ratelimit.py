@@ -13,10 +13,11 @@ evaluated in order: a request costs at most one round trip, and under load much 
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
+
+from storage.batching import TickBatch
 
 # KEYS: one bucket per charge. ARGV: capacity, interval (microseconds per token), cost - for
 # each key in turn. Returns, for each key: allowed, remaining, retry_after_us, reset_after_us.
@@ -51,8 +52,6 @@ end
 return out
 """
 
-MAX_BATCH = 512
-
 
 @dataclass(frozen=True, slots=True)
 class Decision:
@@ -68,7 +67,6 @@ class _Charge:
     capacity: int
     interval: float
     cost: int
-    answer: asyncio.Future[Decision]
 
 
 class Buckets:
@@ -76,47 +74,22 @@ class Buckets:
 
     def __init__(self, redis: Redis) -> None:
         self._gcra = redis.register_script(_GCRA)
-        self._pending: list[_Charge] = []
-        self._sending: set[asyncio.Task[None]] = set()
+        self._charges = TickBatch(self._send)
 
     async def take(self, key: str, *, capacity: int, per_second: float, cost: int = 1) -> Decision:
-        loop = asyncio.get_running_loop()
-        answer: asyncio.Future[Decision] = loop.create_future()
-        if not self._pending:
-            loop.call_soon(self._flush)
-        self._pending.append(_Charge(key, capacity, 1_000_000 / per_second, cost, answer))
-        return await answer
+        return await self._charges(_Charge(key, capacity, 1_000_000 / per_second, cost))
 
-    def _flush(self) -> None:
-        pending, self._pending = self._pending, []
-        for start in range(0, len(pending), MAX_BATCH):
-            task = asyncio.create_task(self._send(pending[start : start + MAX_BATCH]))
-            self._sending.add(task)
-            task.add_done_callback(self._sending.discard)
-
-    async def _send(self, batch: list[_Charge]) -> None:
+    async def _send(self, batch: list[_Charge]) -> list[Decision]:
         args: list[float] = []
         for charge in batch:
             args += (charge.capacity, charge.interval, charge.cost)
-        try:
-            flat = await self._gcra(keys=[charge.key for charge in batch], args=args)
-        except asyncio.CancelledError:
-            for charge in batch:
-                charge.answer.cancel()
-            raise
-        except Exception as error:  # every charge in the batch gets the failure to handle
-            for charge in batch:
-                if not charge.answer.done():
-                    charge.answer.set_exception(error)
-            return
-        for i, charge in enumerate(batch):
-            if not charge.answer.done():
-                allowed, remaining, retry_us, reset_us = flat[4 * i : 4 * i + 4]
-                charge.answer.set_result(
-                    Decision(
-                        allowed=bool(allowed),
-                        remaining=max(0, int(remaining)),
-                        retry_after=int(retry_us) / 1_000_000,
-                        reset_after=int(reset_us) / 1_000_000,
-                    )
-                )
+        flat = await self._gcra(keys=[charge.key for charge in batch], args=args)
+        return [
+            Decision(
+                allowed=bool(allowed),
+                remaining=max(0, int(remaining)),
+                retry_after=int(retry_us) / 1_000_000,
+                reset_after=int(reset_us) / 1_000_000,
+            )
+            for allowed, remaining, retry_us, reset_us in zip(*[iter(flat)] * 4, strict=True)
+        ]

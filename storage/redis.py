@@ -6,6 +6,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 
 # Errors that mean Redis itself is unreachable, as opposed to a bad command.
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -32,6 +34,10 @@ async def open_redis(
         socket_timeout=timeout,
         client_name=name,
         health_check_interval=30,
+        # A pooled connection that went stale (Redis restarted, a failover) is replaced and
+        # the command retried, instead of failing the request that happened to pick it.
+        retry=Retry(ExponentialBackoff(cap=0.2, base=0.01), retries=2),
+        retry_on_error=[RedisConnectionError],
     )
     client = Redis.from_pool(pool)
     try:

@@ -9,6 +9,7 @@ and tests are isolated by data, not by restarting servers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -81,6 +82,14 @@ def uses_embedded(base_settings: Settings) -> bool:
 @pytest.fixture(scope="session")
 async def database(services: ServiceUrls) -> AsyncIterator[ServiceUrls]:
     """A fresh, migrated database for this run, visible on the primary and every replica."""
+    async with fresh_database(services) as urls:
+        yield urls
+
+
+@contextlib.asynccontextmanager
+async def fresh_database(services: ServiceUrls) -> AsyncIterator[ServiceUrls]:
+    """A new migrated database on the same servers, dropped on exit (for the run, or for a
+    test that needs data no other test can touch)."""
     name = f"test_{secrets.token_hex(6)}"
     admin = await asyncpg.connect(services.database_url)
     try:
@@ -95,12 +104,14 @@ async def database(services: ServiceUrls) -> AsyncIterator[ServiceUrls]:
     await migrate(urls.database_url)
     for replica in urls.replica_urls:
         await eventually(lambda replica=replica: _can_connect(replica))
-    yield urls
-    admin = await asyncpg.connect(services.database_url)
     try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        yield urls
     finally:
-        await admin.close()
+        admin = await asyncpg.connect(services.database_url)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
 
 
 async def _can_connect(dsn: str) -> bool:

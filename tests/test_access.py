@@ -33,6 +33,13 @@ PUBLIC_ROUTES = {
     ("POST", "/api/v1/auth/refresh"),
     # Authenticates inside the socket: a bearer header on the upgrade, or the first message.
     ("GET", "/api/v1/ws"),
+    ("GET", "/api/v1/products"),
+    ("GET", "/api/v1/products/{product_id}"),
+    ("GET", "/api/v1/openapi.json"),
+    ("GET", "/docs"),
+    ("GET", "/docs/start.js"),
+    ("GET", "/docs/{asset}"),
+    ("GET", "/problems/{slug}"),
 }
 
 # Path parameter values that pass validation but name nothing that exists.

@@ -21,16 +21,12 @@ from actors.accounts import (
     User,
 )
 from actors.pages import Page, decode_cursor, integer, timestamp
-from server.freshness import written
-from server.routes.auth import Name
+from server.fields import Cursor, Id, Limit, Name
+from server.freshness import READ_AFTER, written
 from server.routing import Input, Reply, Routes
 from server.state import ACTORS, PRINCIPAL
 
 routes = Routes("/api/v1/admin", tag="admin")
-
-UserId = Annotated[int, Field(gt=0, le=2**63 - 1)]
-Limit = Annotated[int, Field(ge=1, le=100)]
-Cursor = Annotated[str, Field(min_length=1, max_length=200)]
 
 
 class UserQuery(Input):
@@ -59,7 +55,7 @@ class AuditQuery(Input):
     limit: Limit = 50
     target_type: Annotated[str, Field(min_length=1, max_length=64)] | None = None
     target_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
-    actor_id: UserId | None = None
+    actor_id: Id | None = None
 
 
 @routes.get("/users", access="users:manage")
@@ -70,20 +66,30 @@ async def list_users(request: web.Request, query: UserQuery) -> Page[User]:
 
 
 @routes.get("/users/{user_id}", access="users:manage")
-async def get_user(request: web.Request, user_id: UserId) -> User:
+async def get_user(request: web.Request, user_id: Id) -> User:
     """One account."""
     return await request.app[ACTORS][ACCOUNTS].ask(GetUser(user_id))
 
 
-@routes.patch("/users/{user_id}", access="users:manage")
-async def update_user(request: web.Request, user_id: UserId, body: UserChanges) -> Reply[User]:
+@routes.patch(
+    "/users/{user_id}",
+    access="users:manage",
+    response_headers=READ_AFTER,
+    errors={409: "The change would leave no active admin"},
+)
+async def update_user(request: web.Request, user_id: Id, body: UserChanges) -> Reply[User]:
     """Rename or (de)activate an account. Deactivation ends all its sessions at once."""
     change = UpdateUser(request[PRINCIPAL], user_id, name=body.name, active=body.active)
     return written(await request.app[ACTORS][ACCOUNTS].ask(change))
 
 
-@routes.put("/users/{user_id}/roles", access="users:manage")
-async def set_roles(request: web.Request, user_id: UserId, body: RoleAssignment) -> Reply[User]:
+@routes.put(
+    "/users/{user_id}/roles",
+    access="users:manage",
+    response_headers=READ_AFTER,
+    errors={409: "The change would leave no active admin"},
+)
+async def set_roles(request: web.Request, user_id: Id, body: RoleAssignment) -> Reply[User]:
     """Replace an account's roles. Its live access tokens stop working; the next refresh
     carries the new roles. Removing the last active admin is 409."""
     change = SetRoles(request[PRINCIPAL], user_id, tuple(body.roles))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from aiohttp import web
-from pydantic import EmailStr, Field, StringConstraints
+from pydantic import EmailStr, Field
 
 from actors.accounts import (
     ACCOUNTS,
@@ -17,7 +17,8 @@ from actors.accounts import (
     TokenPair,
     User,
 )
-from server.freshness import written
+from server.fields import Name
+from server.freshness import READ_AFTER, written
 from server.ratelimit import LIMITER, account_key
 from server.routing import PUBLIC, Input, Reply, Routes
 from server.state import ACTORS, PRINCIPAL
@@ -25,7 +26,6 @@ from server.state import ACTORS, PRINCIPAL
 routes = Routes("/api/v1", tag="auth")
 
 Email = Annotated[EmailStr, Field(max_length=254)]
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 Secret = {"format": "password", "writeOnly": True}
 NewPassword = Annotated[
     str, Field(min_length=8, max_length=256, repr=False, json_schema_extra=Secret)
@@ -51,7 +51,14 @@ class RefreshRequest(Input):
     refresh_token: RefreshToken
 
 
-@routes.post("/auth/register", access=PUBLIC, status=201, rate_limit="auth")
+@routes.post(
+    "/auth/register",
+    access=PUBLIC,
+    status=201,
+    rate_limit="auth",
+    response_headers=READ_AFTER,
+    errors={409: "An account with this e-mail address exists"},
+)
 async def register(request: web.Request, body: Registration) -> Reply[User]:
     """Create a customer account. A taken e-mail address is 409."""
     return written(
@@ -61,7 +68,12 @@ async def register(request: web.Request, body: Registration) -> Reply[User]:
     )
 
 
-@routes.post("/auth/login", access=PUBLIC, rate_limit="auth")
+@routes.post(
+    "/auth/login",
+    access=PUBLIC,
+    rate_limit="auth",
+    errors={401: "Wrong e-mail address or password (the same answer for both)"},
+)
 async def login(request: web.Request, body: Credentials) -> TokenPair:
     """Exchange e-mail and password for an access token and a refresh token.
 
@@ -73,7 +85,12 @@ async def login(request: web.Request, body: Credentials) -> TokenPair:
     return await request.app[ACTORS][ACCOUNTS].ask(Login(body.email, body.password))
 
 
-@routes.post("/auth/refresh", access=PUBLIC, rate_limit="auth")
+@routes.post(
+    "/auth/refresh",
+    access=PUBLIC,
+    rate_limit="auth",
+    errors={401: "Invalid, expired or already used (its session is then revoked)"},
+)
 async def refresh(request: web.Request, body: RefreshRequest) -> TokenPair:
     """Exchange a refresh token for a new pair. Each refresh token works once: presenting
     a used one again revokes its whole session (401)."""
