@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import signal
 import sys
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +22,27 @@ from config import Settings
 from scheduler.model import JobEvent
 from server.app import create_app
 from server.live import LIVE
-from tests.conftest import eventually, settings_for
+from storage.embedded import ServiceUrls
+from tests.conftest import eventually, fresh_database, settings_for
 from tests.files_support import png, upload
 from tests.jobs_support import FAST, Jobs, env_for, job_queue
 from tests.people import Caller, sign_up
 from tests.processes import ROOT, free_port, wait_until_serving
+from tests.test_catalog import create
 
 
 @pytest.fixture(scope="module")
-def job_settings(base_settings: Settings, database) -> Settings:
+async def jobs_database(services: ServiceUrls) -> AsyncIterator[ServiceUrls]:
+    """A database of these tests' own: the relays of other tests' apps (other Redis
+    namespaces) must not dispatch these jobs."""
+    async with fresh_database(services) as urls:
+        yield urls
+
+
+@pytest.fixture(scope="module")
+def job_settings(base_settings: Settings, jobs_database: ServiceUrls) -> Settings:
     return settings_for(
-        database,
+        jobs_database,
         base_settings,
         ws_send_buffer=8,
         ws_max_connections_per_user=3,
@@ -363,3 +376,94 @@ async def test_a_thumbnail_job_makes_a_downloadable_thumbnail(
     assert got.status == 200
     assert got.content_type == "image/webp"
     assert len(await got.read()) == done["result"]["size"]
+
+
+# -- the commerce jobs -----------------------------------------------------------------------
+
+
+async def place(api: TestClient, who: Caller, product: int, quantity: int, **headers: str) -> Any:
+    return await api.post(
+        "/api/v1/orders",
+        json={"items": [{"product_id": product, "quantity": quantity}]},
+        headers={**who.headers, **headers},
+    )
+
+
+async def test_an_order_commits_with_exactly_one_follow_up(
+    jobs_api: TestClient, worker: Jobs
+) -> None:
+    staff, customer = await sign_up(jobs_api, "staff"), await sign_up(jobs_api)
+    mug = await create(jobs_api, staff, name="Blue mug", price_minor=1250, stock=2)
+    key = {"Idempotency-Key": uuid.uuid4().hex}
+    first = await place(jobs_api, customer, mug["id"], 2, **key)
+    again = await place(jobs_api, customer, mug["id"], 2, **key)  # a retry: the same order
+    assert (first.status, again.status) == (201, 201)
+    order = (await first.json())["id"]
+    assert (await again.json())["id"] == order
+    refused = await place(jobs_api, customer, mug["id"], 1)  # no stock left: no order, no job
+    assert refused.status == 409
+
+    async def follow_ups() -> list:
+        async with worker.db.primary() as conn:
+            return await conn.fetch(
+                "SELECT id, state, result FROM jobs WHERE type = 'order_followup' "
+                "AND owner_id = $1",
+                str(customer.id),
+            )
+
+    async def done() -> bool:
+        return [row["state"] for row in await follow_ups()] == ["succeeded"]
+
+    await eventually(done, timeout=15)
+    [job] = await follow_ups()
+    assert job["result"] == {"order_id": order, "notice": "confirmation", "written": True}
+    async with worker.db.primary() as conn:
+        notice = await conn.fetchrow("SELECT * FROM order_notices WHERE order_id = $1", order)
+    assert notice["subject"] == f"Your order #{order}"
+    assert "2 x Blue mug" in notice["body"]
+    assert "Total: 25.00 EUR" in notice["body"]
+
+
+async def test_a_sales_report_is_followed_live_to_its_download(
+    jobs_api: TestClient, worker: Jobs
+) -> None:
+    staff, buyers = await sign_up(jobs_api, "staff"), [await sign_up(jobs_api) for _ in range(2)]
+    pen = await create(jobs_api, staff, price_minor=300, stock=10)
+    placed = []
+    for buyer, quantity in [(buyers[0], 1), (buyers[1], 2), (buyers[0], 3)]:
+        response = await place(jobs_api, buyer, pen["id"], quantity)
+        placed.append(await response.json())
+    today = datetime.now(UTC).date().isoformat()
+
+    async with jobs_api.ws_connect("/api/v1/ws", headers=staff.headers) as ws:
+        assert (await receive(ws))["type"] == "ready"
+        await ws.send_json({"op": "subscribe", "mine": True})
+        assert (await receive(ws))["type"] == "subscribed"
+        body = {"type": "sales_report", "params": {"from": today, "to": today}}
+        created = await (await submit(jobs_api, staff, body)).json()
+        assert (created["topic"], created["state"]) == ("reports", "queued")
+        events = await job_events(ws, created["id"])
+    states = [e["state"] for e in events]
+    assert states[0] == "queued"
+    assert states[-1] == "succeeded"
+    assert set(states[1:-1]) == {"running"}
+    progress = [e for e in events if e["state"] == "running" and e["message"]]
+    assert progress[0]["message"].endswith("orders to export")
+    assert progress[-1]["progress"] == 100
+
+    report = await (
+        await jobs_api.get(f"/api/v1/jobs/{created['id']}", headers=staff.headers)
+    ).json()
+    result = report["result"]
+    download = await jobs_api.get(result["download_url"], headers=staff.headers)
+    assert download.status == 200
+    assert download.content_type == "text/csv"
+    rows = list(csv.DictReader(io.StringIO(await download.text())))
+    assert len(rows) == result["rows"]
+    mine = {int(row["order_id"]): row for row in rows}
+    for order in placed:
+        assert int(mine[order["id"]]["total_minor"]) == order["total_minor"]
+        assert mine[order["id"]]["currency"] == "EUR"
+    assert result["totals_minor"]["EUR"] >= 300 * 6
+    stranger = await jobs_api.get(result["download_url"], headers=buyers[0].headers)
+    assert stranger.status == 404

@@ -16,14 +16,23 @@ from config import Settings
 from scheduler.broker import JobKeys
 from scheduler.execution import backoff
 from storage import jobs
+from storage.embedded import ServiceUrls
 from storage.jobs import NewJob
-from tests.conftest import eventually, settings_for
+from tests.conftest import eventually, fresh_database, settings_for
 from tests.jobs_support import FAST, Jobs, job_queue
 
 
 @pytest.fixture(scope="module")
-def job_settings(base_settings: Settings, database) -> Settings:
-    return settings_for(database, base_settings, **FAST)
+async def jobs_database(services: ServiceUrls) -> AsyncIterator[ServiceUrls]:
+    """A database of these tests' own: the relays of other tests' apps (other Redis
+    namespaces) must not dispatch these jobs."""
+    async with fresh_database(services) as urls:
+        yield urls
+
+
+@pytest.fixture(scope="module")
+def job_settings(base_settings: Settings, jobs_database: ServiceUrls) -> Settings:
+    return settings_for(jobs_database, base_settings, **FAST)
 
 
 @pytest.fixture
