@@ -29,6 +29,7 @@ from uuid import UUID
 
 from asyncpg import Record
 
+from actors.errors import InvalidInput
 from config import Settings
 from observability import metrics
 from scheduler.batching import Batcher
@@ -170,7 +171,10 @@ class JobRunner:
             del self.runs[job_id]
 
     async def _call(self, job_type: JobType[Any], context: JobContext, params: Any) -> Any:
-        parsed = job_type.parse(params)
+        try:
+            parsed = job_type.parse(params)
+        except InvalidInput as error:  # stored before its type changed: retrying cannot help
+            raise PermanentFailure(f"{error.detail}: {error.errors}") from error
         if job_type.timeout is None:
             return await job_type.handler(context, parsed)
         async with asyncio.timeout(job_type.timeout):
