@@ -138,13 +138,6 @@ class Client:
         self.held: list[JobEvent] = []
         self._writer: asyncio.Task[None] | None = None
 
-    def wants(self, event: JobEvent) -> bool:
-        return (
-            event.job_id in self.jobs
-            or (self.mine and event.owner_id == self.principal.user_id)
-            or event.topic in self.topics
-        )
-
     def offer(self, event: JobEvent) -> None:
         if self.replaying:
             if len(self.held) >= self.hub.settings.ws_send_buffer:
