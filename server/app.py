@@ -19,6 +19,7 @@ from actors.health import HEALTH, HealthMonitor
 from actors.identity import Principal
 from actors.jobs import JOBS, JobsActor
 from actors.orders import ORDERS, Orders
+from actors.product_images import PRODUCT_IMAGES, ProductImages
 from actors.sessions import SESSIONS, Authenticate, Sessions
 from actors.tokens import AccessTokens
 from config import Settings
@@ -27,7 +28,18 @@ from server.access import authenticate, authorize, check_routes
 from server.live import LIVE, LiveHub
 from server.middleware import limits, observe, problem_details, security_headers
 from server.ratelimit import LIMITER, RateLimiter, quota_headers, rate_limit
-from server.routes import admin, auth, catalog, docs, files, jobs, live, operations, orders
+from server.routes import (
+    admin,
+    auth,
+    catalog,
+    docs,
+    files,
+    jobs,
+    live,
+    operations,
+    orders,
+    product_images,
+)
 from server.routing import install
 from server.state import ACTORS, LIFECYCLE, SETTINGS, Lifecycle
 from storage.postgres import ReplicaSet
@@ -79,7 +91,8 @@ async def create_app(settings: Settings) -> web.Application:
         app.on_cleanup.append(lambda app: _flush(access_log))
 
     install(app, operations.routes)
-    install(app, auth.routes, admin.routes, catalog.routes, orders.routes, files.routes)
+    install(app, auth.routes, admin.routes, catalog.routes, orders.routes)
+    install(app, files.routes, product_images.routes)
     install(app, docs.routes)
     docs.setup(app)
     install(app, jobs.routes, live.routes)
@@ -124,6 +137,11 @@ async def actors(app: web.Application) -> AsyncIterator[None]:
             FILES,
             lambda: Files(settings, replicas),
             concurrency=settings.db_pool_size + settings.files_max_uploads,
+        )
+        await system.spawn(
+            PRODUCT_IMAGES,
+            lambda: ProductImages(settings, replicas, system[FILES]),
+            concurrency=max(2, settings.db_pool_size // 2),
         )
         await system.spawn(JOBS, lambda: JobsActor(settings, replicas), concurrency=128)
         yield

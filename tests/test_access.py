@@ -40,6 +40,9 @@ PUBLIC_ROUTES = {
     ("GET", "/docs/start.js"),
     ("GET", "/docs/{asset}"),
     ("GET", "/problems/{slug}"),
+    ("GET", "/api/v1/products/{product_id}/image"),
+    ("GET", "/api/v1/products/{product_id}/image/status"),
+    ("GET", "/api/v1/products/{product_id}/image/thumbnail"),
 }
 
 # Path parameter values that pass validation but name nothing that exists.
