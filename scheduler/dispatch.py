@@ -4,14 +4,13 @@ A job is first written (with its `queued` event) and committed; then it is dispa
 message is sent to its topic's stream (or to the delayed set, if it is due later) inside a
 transaction that locks the record and marks it dispatched. A process that dies between the two
 leaves the record undispatched, and the relay (every API process runs one) sends it. A record
-written inside another transaction (`storage.jobs.insert_outbox_job`, the order follow-up) is
-dispatched the same way: the relay is woken by the NOTIFY that commits with it.
+written inside another transaction (`storage.jobs.insert_outbox_job`, an order's follow-up)
+is dispatched the same way, by the relay's next round (every `JOB_POLL_INTERVAL`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -25,7 +24,7 @@ from scheduler.model import Change, JobState
 from scheduler.records import Records
 from scheduler.tracing import outgoing
 from storage import jobs
-from storage.jobs import OUTBOX_CHANNEL, NewJob
+from storage.jobs import NewJob
 from storage.postgres import Connection
 
 log = logging.getLogger("backend.jobs")
@@ -37,7 +36,6 @@ class Dispatcher:
     def __init__(self, records: Records, broker: JobBroker) -> None:
         self.records = records
         self.broker = broker
-        self._wake = asyncio.Event()
 
     async def submit(self, new_jobs: Sequence[NewJob]) -> list[Record]:
         """Write jobs and dispatch them; jobs refused for a repeated key are left out."""
@@ -99,22 +97,12 @@ class Dispatcher:
 
     # -- the relay --------------------------------------------------------------------------
 
-    def wake(self, *_: object) -> None:
-        self._wake.set()
-
     async def relay(self, interval: float) -> None:
-        """Dispatch what other transactions wrote, when notified and every `interval`."""
-        async with self.records.db.primary() as listener:
-            await listener.add_listener(OUTBOX_CHANNEL, self.wake)
-            try:
-                while True:
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(interval):
-                            await self._wake.wait()
-                    self._wake.clear()
-                    await self._relay_once()
-            finally:
-                await listener.remove_listener(OUTBOX_CHANNEL, self.wake)
+        """Dispatch what other transactions wrote (or a process left undispatched), every
+        `interval` seconds. The query is an index-only look at the few undispatched rows."""
+        while True:
+            await asyncio.sleep(interval)
+            await self._relay_once()
 
     async def _relay_once(self) -> None:
         try:

@@ -28,9 +28,6 @@ JOB_COLUMNS = """
 # `seq` order and a subscriber resuming from a number can never miss a lower one committed late.
 _EVENT_ORDER_LOCK = 0x6A6F62736571
 
-# NOTIFY channel that wakes the relay when a job was written inside another transaction.
-OUTBOX_CHANNEL = "jobs_outbox"
-
 
 @dataclass(frozen=True, slots=True)
 class NewJob:
@@ -86,12 +83,10 @@ async def insert_jobs(conn: Connection, jobs: Sequence[NewJob]) -> list[Record]:
 
 
 async def insert_outbox_job(conn: Connection, job: NewJob) -> bool:
-    """Write a job inside the caller's transaction (an order and its follow-up commit together,
-    or neither does); the relay dispatches it once the transaction commits. False when a job
+    """Write a job inside the caller's transaction (the work and its job commit together, or
+    neither does); the relay dispatches it once the transaction has committed. False when a job
     with the same Idempotency-Key exists already."""
-    rows = await insert_jobs(conn, [job])
-    await conn.execute("SELECT pg_notify($1, '')", OUTBOX_CHANNEL)
-    return bool(rows)
+    return bool(await insert_jobs(conn, [job]))
 
 
 async def find_idempotent(conn: Connection, owner_id: str | None, key: str) -> Record | None:
