@@ -157,7 +157,9 @@ class JobsActor(Actor):
         self._stack.push_async_callback(self.broker.close)
         await self.broker.ensure_groups()
         self.dispatcher = Dispatcher(
-            Records(self.db, Publisher(self.redis, self.keys.events)), self.broker
+            Records(self.db, Publisher(self.redis, self.keys.events)),
+            self.broker,
+            s.job_max_attempts,
         )
         self._submissions: Batcher[NewJob, Record | None] = Batcher(
             self._submit_many, name="submit"

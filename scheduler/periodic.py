@@ -124,7 +124,9 @@ async def run_scheduler(settings: Settings, metrics_port: int | None) -> int:
         redis = await stack.enter_async_context(open_redis(settings.redis_dsn, name="scheduler"))
         stack.push_async_callback(broker.close)
         await broker.ensure_groups()
-        dispatcher = Dispatcher(Records(db, Publisher(redis, keys.events)), broker)
+        dispatcher = Dispatcher(
+            Records(db, Publisher(redis, keys.events)), broker, settings.job_max_attempts
+        )
         scheduler = Scheduler(settings, dispatcher, schedules(settings))
         log.info("scheduler started", extra={"schedules": [s.name for s in scheduler.plan]})
         next_backlog = 0.0

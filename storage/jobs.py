@@ -82,11 +82,34 @@ async def insert_jobs(conn: Connection, jobs: Sequence[NewJob]) -> list[Record]:
     )
 
 
-async def insert_outbox_job(conn: Connection, job: NewJob) -> bool:
-    """Write a job inside the caller's transaction (the work and its job commit together, or
-    neither does); the relay dispatches it once the transaction has committed. False when a job
-    with the same Idempotency-Key exists already."""
-    return bool(await insert_jobs(conn, [job]))
+async def ask_in_transaction(
+    conn: Connection, job_type: str, owner_id: str | None, params: dict[str, Any]
+) -> None:
+    """Ask for a job inside the caller's transaction: the work and its job commit together,
+    or neither does. The relay makes it a job once the transaction has committed."""
+    await conn.execute(
+        "INSERT INTO job_outbox (type, owner_id, params) VALUES ($1, $2, $3)",
+        job_type,
+        owner_id,
+        params,
+    )
+
+
+async def take_outbox(conn: Connection, types: Sequence[str], limit: int) -> list[Record]:
+    """Remove and return the oldest jobs asked for (of `types`), locked: other relays skip them,
+    and they come back if this transaction does not commit."""
+    return await conn.fetch(
+        """
+        DELETE FROM job_outbox WHERE id IN (
+            SELECT id FROM job_outbox WHERE type = ANY($1::text[])
+            ORDER BY id LIMIT $2
+            FOR UPDATE SKIP LOCKED
+        )
+        RETURNING type, owner_id, params
+        """,
+        list(types),
+        limit,
+    )
 
 
 async def find_idempotent(conn: Connection, owner_id: str | None, key: str) -> Record | None:

@@ -17,7 +17,6 @@ from scheduler.broker import JobKeys
 from scheduler.execution import backoff
 from storage import jobs
 from storage.embedded import ServiceUrls
-from storage.jobs import NewJob
 from tests.conftest import eventually, fresh_database, settings_for
 from tests.jobs_support import FAST, Jobs, job_queue
 
@@ -241,23 +240,32 @@ async def test_maintenance_keeps_partitions_ahead_and_drops_expired_ones(queue: 
     assert {f"job_events_p{y}{m + 1:02d}" for y, m in ahead} <= names
 
 
-async def test_a_job_written_inside_another_transaction_runs_once_it_commits(queue: Jobs) -> None:
+async def test_a_job_asked_for_inside_another_transaction_runs_once_it_commits(
+    queue: Jobs,
+) -> None:
     await queue.worker("default").start()
-
-    def job() -> NewJob:
-        return NewJob(uuid.uuid4(), "test_steps", "default", "tester", {"steps": 1}, 2)
-
-    committed, rolled_back = job(), job()
+    committed, rolled_back = uuid.uuid4().hex, uuid.uuid4().hex
     async with queue.db.primary() as conn:
-        async with conn.transaction():  # as an order's transaction does with its follow-up
-            assert await jobs.insert_outbox_job(conn, committed)
+        async with conn.transaction():  # as an order's statement does with its follow-up
+            await jobs.ask_in_transaction(conn, "test_steps", "tester", {"marker": committed})
         with contextlib.suppress(RuntimeError):
             async with conn.transaction():
-                await jobs.insert_outbox_job(conn, rolled_back)
-                raise RuntimeError("the order failed")
+                await jobs.ask_in_transaction(conn, "test_steps", "tester", {"marker": rolled_back})
+                raise RuntimeError("the work failed")
 
-    done = await queue.until(committed.id, "succeeded", timeout=15)
+    async def asked(marker: str) -> list:
+        async with queue.db.primary() as conn:
+            return await conn.fetch("SELECT id FROM jobs WHERE params->>'marker' = $1", marker)
+
+    async def adopted() -> bool:
+        return len(await asked(committed)) == 1
+
+    await eventually(adopted)
+    [job] = await asked(committed)
+    done = await queue.until(job["id"], "succeeded", timeout=15)
     assert done["attempts"] == 1
-    assert states(await queue.events(committed.id))[0] == "queued"
+    assert states(await queue.events(job["id"]))[0] == "queued"
+    assert await queue.runs(committed) == 1
+    assert await asked(rolled_back) == []
     async with queue.db.primary() as conn:
-        assert await conn.fetchval("SELECT count(*) FROM jobs WHERE id = $1", rolled_back.id) == 0
+        assert await conn.fetchval("SELECT count(*) FROM job_outbox") == 0
