@@ -32,23 +32,17 @@ from tests.test_catalog import create
 
 
 @pytest.fixture(scope="module")
-async def jobs_database(services: ServiceUrls) -> AsyncIterator[ServiceUrls]:
-    """A database of these tests' own: the relays of other tests' apps (other Redis
-    namespaces) must not dispatch these jobs."""
+async def job_settings(base_settings: Settings, services: ServiceUrls) -> AsyncIterator[Settings]:
+    # A database of their own: other tests' apps (other Redis namespaces) must not relay these.
     async with fresh_database(services) as urls:
-        yield urls
-
-
-@pytest.fixture(scope="module")
-def job_settings(base_settings: Settings, jobs_database: ServiceUrls) -> Settings:
-    return settings_for(
-        jobs_database,
-        base_settings,
-        ws_send_buffer=8,
-        ws_max_connections_per_user=3,
-        ws_recheck_seconds=0.3,
-        **FAST,
-    )
+        yield settings_for(
+            urls,
+            base_settings,
+            ws_send_buffer=8,
+            ws_max_connections_per_user=3,
+            ws_recheck_seconds=0.3,
+            **FAST,
+        )
 
 
 @pytest.fixture(scope="module")

@@ -22,16 +22,10 @@ from tests.jobs_support import FAST, Jobs, job_queue
 
 
 @pytest.fixture(scope="module")
-async def jobs_database(services: ServiceUrls) -> AsyncIterator[ServiceUrls]:
-    """A database of these tests' own: the relays of other tests' apps (other Redis
-    namespaces) must not dispatch these jobs."""
+async def job_settings(base_settings: Settings, services: ServiceUrls) -> AsyncIterator[Settings]:
+    # A database of their own: other tests' apps (other Redis namespaces) must not relay these.
     async with fresh_database(services) as urls:
-        yield urls
-
-
-@pytest.fixture(scope="module")
-def job_settings(base_settings: Settings, jobs_database: ServiceUrls) -> Settings:
-    return settings_for(jobs_database, base_settings, **FAST)
+        yield settings_for(urls, base_settings, **FAST)
 
 
 @pytest.fixture
