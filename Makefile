@@ -6,13 +6,22 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench lint services-stop clean
+.PHONY: run test bench lint services-stop clean prometheus-tools
 
 run: $(STAMP)
 	$(BIN)/backend up
 
-test: $(STAMP)
+test: $(STAMP) prometheus-tools
 	$(BIN)/pytest
+
+# promtool and prometheus (Debian's `prometheus` package): the alert-rule and real-scrape tests.
+APT := $(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get -q
+prometheus-tools:
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || \
+		$(APT) install -y --no-install-recommends prometheus >/dev/null 2>&1 || \
+		{ $(APT) update >/dev/null && \
+			$(APT) install -y --no-install-recommends prometheus >/dev/null; } || \
+		{ echo "the tests need promtool and prometheus: apt-get install prometheus"; exit 1; }
 
 bench: $(STAMP)
 	@command -v wrk >/dev/null || apt-get install -y -q wrk >/dev/null || \

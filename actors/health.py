@@ -7,6 +7,7 @@ It polls each replica's replay position and lag into the process's `ReplicaSet`,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable
@@ -24,6 +25,7 @@ from storage.postgres import (
     ReplicaSet,
     format_lsn,
     open_pool,
+    pool_target,
     primary_position,
     replica_position,
 )
@@ -82,8 +84,10 @@ class HealthMonitor(Actor):
             open_pool(s.primary_dsn, name="health", **options)
         )
         self._replica_pools = [
-            await self._stack.enter_async_context(open_pool(dsn, name="health:ro", **options))
-            for dsn in s.replica_dsns
+            await self._stack.enter_async_context(
+                open_pool(dsn, name="health", target=pool_target(i), **options)
+            )
+            for i, dsn in enumerate(s.replica_dsns)
         ]
         self._redis = await self._stack.enter_async_context(
             open_redis(s.redis_dsn, name="health", size=2, timeout=PROBE_TIMEOUT)
@@ -126,29 +130,23 @@ class HealthMonitor(Actor):
     async def _poll_replicas(self) -> None:
         if not self._replica_pools:
             return
-        try:
+        # The primary first: a replica is judged against where the primary was just before.
+        with contextlib.suppress(Exception):  # down: replicas are judged on what was seen
             async with asyncio.timeout(PROBE_TIMEOUT):
-                head = await primary_position(self._primary)
-        except Exception:
-            head = None  # the primary is down: replica lag in bytes is unknown
+                position = await primary_position(self._primary)
+            self.replicas.primary.record(position, time.monotonic())
         await asyncio.gather(
-            *(self._poll_replica(i, pool, head) for i, pool in enumerate(self._replica_pools))
+            *(self._poll_replica(i, pool) for i, pool in enumerate(self._replica_pools))
         )
 
-    async def _poll_replica(self, index: int, pool: Pool, head: int | None) -> None:
+    async def _poll_replica(self, index: int, pool: Pool) -> None:
         try:
             async with asyncio.timeout(PROBE_TIMEOUT), pool.acquire() as conn:
-                replayed, lag = await replica_position(conn)
+                replayed = await replica_position(conn)
         except Exception as error:
             self.replicas.mark_down(index, error)
             return
-        self.replicas.record(
-            index,
-            replay_lsn=replayed,
-            lag_seconds=lag,
-            lag_bytes=max(0, head - replayed) if head is not None else 0,
-            max_lag=self.settings.replica_max_lag_seconds,
-        )
+        self.replicas.record(index, replay_lsn=replayed)
 
 
 async def _timed(probe: Awaitable[Any]) -> Check:

@@ -29,6 +29,7 @@ from actors.identity import Principal
 from actors.runtime import Actor, Message, handler
 from actors.system import ActorKey
 from config import Settings
+from observability import tracing
 from scheduler import registry
 from scheduler.batching import Batcher
 from scheduler.broker import JobBroker, JobKeys
@@ -205,6 +206,7 @@ class JobsActor(Actor):
             idempotency_key=key,
             request_hash=digest if key else None,
             run_at=run_at,
+            labels=tracing.inject(),  # here, in the request's context (batches mix requests)
         )
         row = await self._submissions.submit(new)
         if row is None:  # the same key won a race a moment ago

@@ -174,8 +174,8 @@ class Orders(Actor):
         self.catalog = catalog
         self._stack = AsyncExitStack()
         self.db: Database
-        self._placed = metrics.ORDERS.labels("placed")
-        self._replayed = metrics.ORDERS.labels("replayed")
+        self._placed = metrics.child(metrics.ORDERS, "placed")
+        self._replayed = metrics.child(metrics.ORDERS, "replayed")
 
     async def on_start(self) -> None:
         s = self.settings

@@ -5,7 +5,8 @@ An `Actor` holds state and resources; the world talks to it only through its `Ac
 * `ref.tell(msg)` posts and returns; `await ref.ask(msg)` posts and waits for the answer.
 * The mailbox is bounded: when it is full the post is refused at once with `Overloaded`.
 * Up to `concurrency` messages are handled at once (sized to the pools the actor owns),
-  in mailbox order, each in the context of its sender (request id, trace, deadline).
+  in mailbox order, each in the context of its sender (request id, trace, deadline), and,
+  when tracing is on, in a span of its own within the sender's trace.
 * Every message carries a deadline: the sender's remaining budget (`deadline_scope`) or an
   explicit timeout. A message whose deadline passed before it was handled is dropped, and
   one that runs past it is cancelled; both answer `DeadlineExceeded`.
@@ -27,7 +28,7 @@ from typing import Any, ClassVar, Generic, TypeVar, get_type_hints
 
 from actors.deadlines import cancel_at, sweeper
 from actors.errors import ActorStopped, DeadlineExceeded, DomainError, Overloaded
-from observability import metrics
+from observability import metrics, tracing
 
 log = logging.getLogger("backend.actors")
 
@@ -290,6 +291,19 @@ class ActorRef(Generic[A]):
                 self._end()
 
     async def _handle(self, envelope: _Envelope) -> None:
+        if not tracing.recording():  # tracing off, or the sender's trace is not recorded
+            await self._receive(envelope)
+            return
+        name = type(envelope.message).__name__
+        with tracing.start(
+            f"{self.name} {name}", attributes={"actor.name": self.name, "actor.message": name}
+        ) as span:
+            error = await self._receive(envelope)
+            if error is not None:
+                tracing.failed(span, error)
+
+    async def _receive(self, envelope: _Envelope) -> Exception | None:
+        """Handle one message and answer it; return the error if it crashed the actor."""
         assert self._actor is not None
         started = time.monotonic()
         scope = cancel_at(envelope.deadline)
@@ -302,14 +316,16 @@ class ActorRef(Generic[A]):
         except TimeoutError as error:
             if not scope.expired:
                 self._crash(envelope, error, started)
-                return
+                return error
             self._expire(envelope)
         except Exception as error:
             self._crash(envelope, error, started)
+            return error
         else:
             self._done(started)
             self._crash_streak = 0
             _answer(envelope, result=result)
+        return None
 
     def _done(self, started: float) -> None:
         elapsed = time.monotonic() - started

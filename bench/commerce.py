@@ -49,6 +49,13 @@ def rows(bench: Bench) -> list[Row]:
         return [*_reads(bench, server, data), *_orders(bench, server, data)]
 
 
+def cached_product_reads(bench: Bench) -> Request:
+    """`GET /api/v1/products/{id}` over the first seeded products in turn, served from the
+    catalog's cache once warm: the hot route other suites measure their cost on."""
+    ids = asyncio.run(_products(bench.settings.primary_dsn))[:READ_IDS]
+    return Request("", lua=_rotating("/api/v1/products/", ids))
+
+
 def _reads(bench: Bench, server: str, data: Fixture) -> list[Row]:
     ids = data.product_ids[:READ_IDS]
     found = []

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -58,20 +59,27 @@ class Bench:
     def variant(self, **env: str) -> Iterator[str]:
         """Another `backend serve` like the shipped one but for `env`; yields its base URL."""
         port = free_port()
-        environ = {**environment(self.settings, port, self.workers), **env}
         log = self.settings.state_dir / f"variant-{port}.log"
-        with process(
-            [sys.executable, "-m", "server.cli", "serve"],
-            environ,
-            f"http://127.0.0.1:{port}/readyz",
-            log,
-        ):
-            yield f"http://127.0.0.1:{port}"
+        # Its own metrics directory: the shipped server's would be wiped, and summed with it.
+        with tempfile.TemporaryDirectory(prefix="metrics-", dir=self.settings.state_dir) as tmp:
+            environ = {
+                **environment(self.settings, port, self.workers),
+                "PROMETHEUS_MULTIPROC_DIR": tmp,
+                **env,
+            }
+            with process(
+                [sys.executable, "-m", "server.cli", "serve"],
+                environ,
+                f"http://127.0.0.1:{port}/readyz",
+                log,
+            ):
+                yield f"http://127.0.0.1:{port}"
 
 
 @contextlib.contextmanager
 def bench_services(state: str) -> Iterator[Settings]:
-    """This run's settings: the configured services, or embedded ones of the bench's own."""
+    """This run's settings: the configured services, or embedded ones of the bench's own,
+    migrated (the servers' actors need the schema)."""
     settings = load_settings(state_dir=ROOT / ".run" / state, access_log=True)
     needed = embedded_needs(settings)
     embedded = EmbeddedServices(settings.state_dir)

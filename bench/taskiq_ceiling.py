@@ -17,7 +17,7 @@ from taskiq.receiver import Receiver
 from taskiq.serializers import ORJSONSerializer
 from taskiq_redis import RedisStreamBroker
 
-from observability.metrics import serve_metrics
+from observability.exporter import serve_metrics
 
 
 def broker_for(url: str, stream: str) -> RedisStreamBroker:
@@ -39,8 +39,8 @@ async def work(url: str, stream: str, counter: str, port: int) -> None:
     await broker.startup()
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    serve_metrics("127.0.0.1", port)  # also tells the bench it is ready
-    await Receiver(broker, max_async_tasks=64, run_startup=False).listen(stop)
+    async with serve_metrics(port):  # its answering also tells the bench it is ready
+        await Receiver(broker, max_async_tasks=64, run_startup=False).listen(stop)
     await broker.shutdown()
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AnyHttpUrl,
     AnyUrl,
     BaseModel,
     ConfigDict,
@@ -187,6 +188,14 @@ class Settings(BaseSettings):
     ws_send_buffer: int = Field(256, ge=1, description="messages queued per client at most")
     ws_max_connections_per_user: int = Field(8, ge=1)
     ws_max_subscriptions: int = Field(100, ge=1)
+    # Observability (issue 7): metrics can be switched off only to measure what they cost;
+    # tracing is off unless an exporter is chosen, and then samples this share of new traces.
+    metrics_enabled: bool = True
+    tracing_exporter: Literal["none", "console", "otlp"] = "none"
+    tracing_sample_ratio: float = Field(1.0, ge=0, le=1)
+    service_name: str = Field("backend", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    # The standard OpenTelemetry variable, read here so that a `.env` file can set it too.
+    otel_exporter_otlp_endpoint: AnyHttpUrl | None = None
 
     # -- accounts and tokens (issue 3) --
     jwt_keys: SecretList = Field(

@@ -1,1 +1,1 @@
-"""Observability: structured JSON logs and Prometheus metrics."""
+"""Observability: JSON logs (secrets redacted), Prometheus metrics, OpenTelemetry traces."""

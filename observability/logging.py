@@ -1,4 +1,5 @@
-"""Structured logs: one JSON object per line, with the request's id on every line it causes."""
+"""Structured logs: one JSON object per line, with the request's id on every line it causes,
+and its trace and span ids when it is traced. Secrets are redacted before a line is written."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ from typing import Any
 
 import orjson
 
+from observability import tracing
+from observability.redaction import redact, scrub
+
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 user_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("user_id", default=None)
 
@@ -22,24 +26,30 @@ _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
 
 
 class JsonFormatter(logging.Formatter):
-    """Render a record as one JSON line: time, level, logger, message, context, extras."""
+    """Render a record as one JSON line: time, level, logger, message, context (request, user,
+    trace and span ids), extras; with secrets redacted (`observability.redaction`)."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": scrub(record.getMessage()),
         }
         if (rid := request_id.get()) is not None:
             entry["request_id"] = rid
         if (uid := user_id.get()) is not None:
             entry["user_id"] = uid
-        for key, value in vars(record).items():
-            if key not in _STANDARD and not key.startswith("_"):
-                entry[key] = value
+        if (ids := tracing.log_fields()) is not None:
+            entry.update(ids)
+        extras = {
+            key: value
+            for key, value in vars(record).items()
+            if key not in _STANDARD and not key.startswith("_") and key not in entry
+        }
+        entry.update(redact(extras))
         if record.exc_info:
-            entry["error"] = self.formatException(record.exc_info)
+            entry["error"] = scrub(self.formatException(record.exc_info))
         return orjson.dumps(entry, default=str).decode()
 
 
@@ -56,7 +66,8 @@ class AccessLog:
         self._lines: list[bytes] = []
         self._timer: asyncio.TimerHandle | None = None
 
-    def write(self, message: str, **fields: Any) -> None:
+    def write(self, message: str, *, user: str | None = None, **fields: Any) -> None:
+        """Queue one line; `user` is the caller's id when the request authenticated one."""
         entry = {
             "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
             "level": "info",
@@ -65,8 +76,10 @@ class AccessLog:
             "request_id": request_id.get(),
             **fields,
         }
-        if (uid := user_id.get()) is not None:
+        if (uid := user_id.get() or user) is not None:
             entry["user_id"] = uid
+        if tracing.tracer is not None and (ids := tracing.log_fields()) is not None:
+            entry.update(ids)
         self._lines.append(orjson.dumps(entry, default=str))
         if len(self._lines) >= self.batch:
             self.flush()

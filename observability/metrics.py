@@ -3,24 +3,54 @@
 Every metric is a module-level prometheus-client object, so that with several API processes
 (`PROMETHEUS_MULTIPROC_DIR` set by `backend serve --workers N`) one scrape reports their sum.
 Labels are bounded: route templates, actor names, replica names, never raw input.
+
+Hot paths hold metric children bound once (`child`): they add up in plain Python and are
+written to prometheus-client once a second (`flush`), and they are no-ops when metrics are
+switched off (`configure(enabled=False)`, only done to measure what metrics cost).
+Gauges that describe a state rather than an event (process memory, pool sizes) are sampled
+every `SAMPLE_INTERVAL` seconds in each process by `sampling()`, and again at each scrape.
 """
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import os
-from typing import Any
+from bisect import bisect_left
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
+from typing import Any, Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
+    PROCESS_COLLECTOR,
     REGISTRY,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     generate_latest,
     multiprocess,
-    start_http_server,
 )
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+
+class _Flusher(Collector):
+    """Registered before every metric below, so that whoever reads the registry in this
+    process (a scrape, `REGISTRY.get_sample_value` in a test) sees the batched updates
+    (`child`) written first."""
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> list[Metric]:
+        flush()
+        return []
+
+
+REGISTRY.register(_Flusher())
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -124,7 +154,7 @@ JOB_EVENTS_PUBLISHED = Counter(
 
 
 class JobMetrics:
-    """The metric children of one job type on one topic, bound once."""
+    """The metric children of one job type on one topic, bound once (batched, see `child`)."""
 
     __slots__ = (
         "cancelled",
@@ -140,26 +170,21 @@ class JobMetrics:
     )
 
     def __init__(self, job_type: str, topic: str) -> None:
-        self.enqueued = JOBS_ENQUEUED.labels(job_type, topic)
-        self.started = JOBS_STARTED.labels(job_type, topic)
-        self.succeeded = JOBS_SUCCEEDED.labels(job_type, topic)
-        self.failed = JOBS_FAILED.labels(job_type, topic)
-        self.retried = JOBS_RETRIED.labels(job_type, topic)
-        self.dead = JOBS_DEAD.labels(job_type, topic)
-        self.cancelled = JOBS_CANCELLED.labels(job_type, topic)
-        self.returned = JOBS_RETURNED.labels(job_type, topic)
-        self.duration = JOB_DURATION.labels(job_type, topic)
-        self.running = JOBS_RUNNING.labels(topic)
-
-
-_job_children: dict[tuple[str, str], JobMetrics] = {}
+        self.enqueued = child(JOBS_ENQUEUED, job_type, topic)
+        self.started = child(JOBS_STARTED, job_type, topic)
+        self.succeeded = child(JOBS_SUCCEEDED, job_type, topic)
+        self.failed = child(JOBS_FAILED, job_type, topic)
+        self.retried = child(JOBS_RETRIED, job_type, topic)
+        self.dead = child(JOBS_DEAD, job_type, topic)
+        self.cancelled = child(JOBS_CANCELLED, job_type, topic)
+        self.returned = child(JOBS_RETURNED, job_type, topic)
+        self.duration = child(JOB_DURATION, job_type, topic)
+        self.running = child(JOBS_RUNNING, topic)
 
 
 def job_metrics(job_type: str, topic: str) -> JobMetrics:
-    found = _job_children.get((job_type, topic))
-    if found is None:
-        found = _job_children[(job_type, topic)] = JobMetrics(job_type, topic)
-    return found
+    """Bound per call: `child` remembers them, and when metrics are off they are `NULL`."""
+    return JobMetrics(job_type, topic)
 
 
 WS_CONNECTIONS = Gauge(
@@ -174,6 +199,204 @@ WS_CLOSED = Counter(
     "WebSocket connections closed by the server, by reason.",
     ["reason"],
 )
+# -- process (issue 7) --------------------------------------------------------------------
+# prometheus-client's own process collector reads /proc of the scraping process only, so in
+# multiprocess mode it would report one process out of N. These gauges replace it (in both
+# modes, so a name means the same with one process or many): written by every process
+# (`sampling`), aggregated by the mode that makes sense for each.
+REGISTRY.unregister(PROCESS_COLLECTOR)
+
+PROCESS_RESIDENT_MEMORY = Gauge(
+    "process_resident_memory_bytes",
+    "Resident memory, summed over the live processes behind this target.",
+    multiprocess_mode="livesum",
+)
+PROCESS_LARGEST_RESIDENT_MEMORY = Gauge(
+    "process_largest_resident_memory_bytes",
+    "Resident memory of the largest live process behind this target.",
+    multiprocess_mode="livemax",
+)
+PROCESS_VIRTUAL_MEMORY = Gauge(
+    "process_virtual_memory_bytes",
+    "Virtual memory, summed over the live processes.",
+    multiprocess_mode="livesum",
+)
+PROCESS_OPEN_FDS = Gauge(
+    "process_open_fds",
+    "Open file descriptors, summed over the live processes.",
+    multiprocess_mode="livesum",
+)
+PROCESS_MAX_FDS = Gauge(
+    "process_max_fds",
+    "Open-file limit of a process (the highest among the live processes).",
+    multiprocess_mode="livemax",
+)
+PROCESS_START_TIME = Gauge(
+    "process_start_time_seconds",
+    "Unix time the most recently (re)started live process started.",
+    multiprocess_mode="livemax",
+)
+PROCESS_CPU = Counter(
+    "process_cpu_seconds", "User and system CPU time, summed over every process, past and present."
+)
+PROCESSES = Gauge(
+    "backend_processes", "Live processes behind this target.", multiprocess_mode="livesum"
+)
+
+# -- PostgreSQL pools (issue 7) -----------------------------------------------------------
+# `pool` is the actor (or component) that owns it, `target` is `primary` or `replicaN`.
+
+POOL_WAIT_BUCKETS = (0.0001, 0.0005, *LATENCY_BUCKETS[:-2])  # 100 us to 2.5 s
+
+DB_POOL_CONNECTIONS = Gauge(
+    "db_pool_connections",
+    "Open pool connections by state: idle, or in_use (lent to a caller).",
+    ["pool", "target", "state"],
+    multiprocess_mode="livesum",
+)
+DB_POOL_MAX_CONNECTIONS = Gauge(
+    "db_pool_max_connections",
+    "Connections the pool may open.",
+    ["pool", "target"],
+    multiprocess_mode="livesum",
+)
+DB_POOL_WAIT = Histogram(
+    "db_pool_wait_seconds",
+    "Time a caller waited for a connection from the pool (connecting included).",
+    ["pool", "target"],
+    buckets=POOL_WAIT_BUCKETS,
+)
+
+
+# -- children bound once, written in batches, or switched off ---------------------------------
+# A prometheus-client update is a locked write to a memory-mapped file in multiprocess mode
+# (about 1 us, two for a histogram), and a request makes several. The children `child` hands
+# out collect updates in plain Python instead, and `flush` (every `FLUSH_INTERVAL`, at each
+# scrape, at exit) writes the totals: a scrape sees other processes' last second later, and a
+# process killed with SIGKILL loses its last second of counts.
+
+FLUSH_INTERVAL = 1.0
+
+
+class _BatchedCounter:
+    __slots__ = ("_child", "_pending")
+
+    def __init__(self, child: Any) -> None:
+        self._child = child
+        self._pending = 0.0
+
+    def inc(self, amount: float = 1) -> None:
+        self._pending += amount
+
+    def flush(self) -> None:
+        if self._pending:
+            pending, self._pending = self._pending, 0.0
+            self._child.inc(pending)
+
+
+class _BatchedGauge:
+    __slots__ = ("_child", "_published", "_value")
+
+    def __init__(self, child: Any) -> None:
+        self._child = child
+        self._value = 0.0
+        self._published: float | None = None
+
+    def inc(self, amount: float = 1) -> None:
+        self._value += amount
+
+    def dec(self, amount: float = 1) -> None:
+        self._value -= amount
+
+    def set(self, value: float) -> None:
+        self._value = value
+
+    def flush(self) -> None:
+        if self._value != self._published:
+            self._published = self._value
+            self._child.set(self._value)
+
+
+class _BatchedHistogram:
+    __slots__ = ("_bounds", "_child", "_counts", "_sum")
+
+    def __init__(self, child: Any) -> None:
+        self._child = child
+        self._bounds = list(child._upper_bounds)  # ends with +Inf
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0
+
+    def observe(self, amount: float) -> None:
+        self._sum += amount
+        self._counts[bisect_left(self._bounds, amount)] += 1
+
+    def flush(self) -> None:
+        if not any(self._counts):
+            return
+        counts, self._counts = self._counts, [0] * len(self._bounds)
+        total, self._sum = self._sum, 0.0
+        # What `Histogram.observe` does per observation (one bucket each, plus the sum), once
+        # per batch: prometheus-client has no public call for adding many observations.
+        self._child._sum.inc(total)
+        for bucket, count in zip(self._child._buckets, counts, strict=True):
+            if count:
+                bucket.inc(count)
+
+
+class _Null:
+    """A metric child that records nothing: what `child` hands out when metrics are off."""
+
+    __slots__ = ()
+
+    def inc(self, amount: float = 1) -> None:
+        pass
+
+    def dec(self, amount: float = 1) -> None:
+        pass
+
+    def set(self, value: float) -> None:
+        pass
+
+    def observe(self, amount: float) -> None:
+        pass
+
+
+NULL: Any = _Null()
+_enabled = True
+_batched: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+
+def configure(*, enabled: bool) -> None:
+    """Record metrics in this process, or not. Call before the app and its actors are built."""
+    global _enabled
+    flush()
+    _enabled = enabled
+    _http_children.clear()
+    _ratelimit_children.clear()
+
+
+def enabled() -> bool:
+    return _enabled
+
+
+def child(metric: Any, *labels: str) -> Any:
+    """The child of `metric` for `labels` (the metric itself when unlabelled), batched; `NULL`
+    when metrics are off. Bind it once, outside the hot path."""
+    if not _enabled:
+        return NULL
+    key = (id(metric), labels)
+    found = _batched.get(key)
+    if found is None:
+        target = metric.labels(*labels) if labels else metric
+        kind = {Counter: _BatchedCounter, Gauge: _BatchedGauge, Histogram: _BatchedHistogram}
+        found = _batched[key] = kind[type(metric)](target)
+    return found
+
+
+def flush() -> None:
+    """Write this process's batched updates to prometheus-client."""
+    for batched in _batched.values():
+        batched.flush()
 
 
 # -- accounts, catalog and orders (issue 3) --------------------------------------------------
@@ -256,8 +479,8 @@ def http_request(method: str, route: str, status: str) -> tuple[Any, Any]:
     children = _http_children.get((method, route, status))
     if children is None:
         children = _http_children[(method, route, status)] = (
-            HTTP_REQUESTS.labels(method, route, status),
-            HTTP_DURATION.labels(method, route),
+            child(HTTP_REQUESTS, method, route, status),
+            child(HTTP_DURATION, method, route),
         )
     return children
 
@@ -277,12 +500,12 @@ _ratelimit_children: dict[tuple[str, str], Any] = {}
 
 
 def ratelimit(policy: str, decision: str) -> None:
-    child = _ratelimit_children.get((policy, decision))
-    if child is None:
-        child = _ratelimit_children[(policy, decision)] = RATELIMIT_DECISIONS.labels(
-            policy, decision
+    counter = _ratelimit_children.get((policy, decision))
+    if counter is None:
+        counter = _ratelimit_children[(policy, decision)] = child(
+            RATELIMIT_DECISIONS, policy, decision
         )
-    child.inc()
+    counter.inc()
 
 
 class ActorMetrics:
@@ -300,14 +523,14 @@ class ActorMetrics:
     )
 
     def __init__(self, actor: str) -> None:
-        self._mailbox = ACTOR_MAILBOX.labels(actor)
-        self._in_progress = ACTOR_IN_PROGRESS.labels(actor)
-        self._processed = ACTOR_MESSAGES.labels(actor, "processed")
-        self._failed = ACTOR_MESSAGES.labels(actor, "failed")
-        self._rejected = ACTOR_MESSAGES.labels(actor, "rejected")
-        self._expired = ACTOR_MESSAGES.labels(actor, "expired")
-        self._restarts = ACTOR_RESTARTS.labels(actor)
-        self._duration = ACTOR_DURATION.labels(actor)
+        self._mailbox = child(ACTOR_MAILBOX, actor)
+        self._in_progress = child(ACTOR_IN_PROGRESS, actor)
+        self._processed = child(ACTOR_MESSAGES, actor, "processed")
+        self._failed = child(ACTOR_MESSAGES, actor, "failed")
+        self._rejected = child(ACTOR_MESSAGES, actor, "rejected")
+        self._expired = child(ACTOR_MESSAGES, actor, "expired")
+        self._restarts = child(ACTOR_RESTARTS, actor)
+        self._duration = child(ACTOR_DURATION, actor)
 
     def mailbox(self, depth: int) -> None:
         self._mailbox.set(depth)
@@ -333,12 +556,113 @@ class ActorMetrics:
         self._restarts.inc()
 
 
+# -- sampled gauges ------------------------------------------------------------------------
+
+SAMPLE_INTERVAL = 5.0
+
+
+class PoolLike(Protocol):
+    """What the sampler reads of a connection pool (asyncpg's `Pool` has these)."""
+
+    def get_size(self) -> int: ...
+    def get_idle_size(self) -> int: ...
+    def get_max_size(self) -> int: ...
+
+
+_pools: dict[int, tuple[PoolLike, str, str]] = {}
+_pool_labels: set[tuple[str, str]] = set()
+
+
+def watch_pool(pool: PoolLike, name: str, target: str) -> Callable[[], None]:
+    """Report the pool's size in `db_pool_*` until the returned function is called."""
+    key = id(pool)
+    _pools[key] = (pool, name, target)
+    _pool_labels.add((name, target))
+    sample_pools()
+
+    def unwatch() -> None:
+        _pools.pop(key, None)
+        sample_pools()
+
+    return unwatch
+
+
+def sample_pools() -> None:
+    """Publish every watched pool's size; label sets whose pools all closed go to zero."""
+    totals = dict.fromkeys(_pool_labels, (0, 0, 0))
+    for pool, name, target in _pools.values():
+        size, idle, most = totals[(name, target)]
+        totals[(name, target)] = (
+            size + pool.get_size(),
+            idle + pool.get_idle_size(),
+            most + pool.get_max_size(),
+        )
+    for (name, target), (size, idle, most) in totals.items():
+        DB_POOL_CONNECTIONS.labels(name, target, "idle").set(idle)
+        DB_POOL_CONNECTIONS.labels(name, target, "in_use").set(size - idle)
+        DB_POOL_MAX_CONNECTIONS.labels(name, target).set(most)
+
+
+_process = ProcessCollector(registry=None)
+_cpu_seen = 0.0
+
+
+def sample_process() -> None:
+    """Publish this process's memory, CPU, descriptors and start time."""
+    global _cpu_seen
+    values = {s.name: s.value for family in _process.collect() for s in family.samples}
+    if not values:
+        return  # no /proc here
+    PROCESS_RESIDENT_MEMORY.set(values["process_resident_memory_bytes"])
+    PROCESS_LARGEST_RESIDENT_MEMORY.set(values["process_resident_memory_bytes"])
+    PROCESS_VIRTUAL_MEMORY.set(values["process_virtual_memory_bytes"])
+    PROCESS_START_TIME.set(values["process_start_time_seconds"])
+    PROCESS_OPEN_FDS.set(values["process_open_fds"])
+    PROCESS_MAX_FDS.set(values["process_max_fds"])
+    cpu = values["process_cpu_seconds_total"]
+    if cpu > _cpu_seen:
+        PROCESS_CPU.inc(cpu - _cpu_seen)
+        _cpu_seen = cpu
+    PROCESSES.set(1)
+
+
+def sample() -> None:
+    sample_process()
+    sample_pools()
+
+
+@asynccontextmanager
+async def sampling() -> AsyncIterator[None]:
+    """While the block runs, write batched updates every `FLUSH_INTERVAL` and sample this
+    process's gauges every `SAMPLE_INTERVAL`; flush once more at the end."""
+
+    async def loop() -> None:
+        ticks = 0
+        while True:
+            if ticks % round(SAMPLE_INTERVAL / FLUSH_INTERVAL) == 0:
+                sample()
+            flush()
+            ticks += 1
+            await asyncio.sleep(FLUSH_INTERVAL)
+
+    task = asyncio.create_task(loop(), name="metrics:sampling")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task
+        flush()
+
+
 def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR")
 
 
 def exposition() -> tuple[bytes, str]:
     """The text a scrape gets: this process's metrics, or the sum over every process."""
+    sample()
+    flush()
     if multiprocess_dir():
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
@@ -346,14 +670,21 @@ def exposition() -> tuple[bytes, str]:
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 
 
-def mark_process_dead(pid: int) -> None:
-    """Drop a finished process's live gauges from the sums."""
+def mark_process_dead(pid: int, directory: str | None = None) -> None:
+    """Drop a finished process's live gauges from the sums of `directory` (default: this
+    process's own `PROMETHEUS_MULTIPROC_DIR`; a supervisor names its children's)."""
+    directory = directory or multiprocess_dir()
+    if directory:
+        multiprocess.mark_process_dead(pid, directory)
+
+
+def _at_exit() -> None:
+    """A process leaving cleanly writes its last counts and takes its live gauges out of the
+    sums itself (a supervisor does it for one that dies)."""
+    flush()
     if multiprocess_dir():
-        multiprocess.mark_process_dead(pid)
+        sample_process()
+        mark_process_dead(os.getpid())
 
 
-def serve_metrics(host: str, port: int) -> int:
-    """Serve this process's own metrics on `port` (0: any free one), in a daemon thread, for
-    processes with no HTTP server of their own (workers, the scheduler); returns the port."""
-    server, _ = start_http_server(port, addr=host)
-    return int(server.server_port)
+atexit.register(_at_exit)

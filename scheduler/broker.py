@@ -34,6 +34,7 @@ from taskiq import AckableMessage, BrokerMessage, TaskiqMessage
 from taskiq.serializers import ORJSONSerializer
 from taskiq_redis import RedisStreamBroker
 
+from observability import metrics
 from scheduler.batching import Batcher
 from storage.redis import Keys
 
@@ -239,6 +240,8 @@ class JobBroker(RedisStreamBroker):
                         found.append(self._track(stream, message_id, fields[b"data"]))
                 if start in (b"0-0", "0-0") or len(found) >= self.unacknowledged_batch_size:
                     break
+        for delivery in found:
+            metrics.JOBS_RECLAIMED.labels(self.streams[delivery.stream]).inc()
         if found:
             log.info("reclaimed deliveries of a lost worker", extra={"count": len(found)})
         return found

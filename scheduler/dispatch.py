@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from uuid import UUID
 
 from asyncpg import Record
@@ -25,7 +25,6 @@ from scheduler import registry
 from scheduler.broker import JobBroker
 from scheduler.model import Change, JobState
 from scheduler.records import Records
-from scheduler.tracing import outgoing
 from storage import jobs
 from storage.jobs import NewJob
 from storage.postgres import Connection
@@ -49,11 +48,15 @@ class Dispatcher:
 
         rows = await self.records.write(work)
         if rows:
-            await self.dispatch([row["id"] for row in rows])
+            labels = {job.id: job.labels for job in new_jobs}
+            await self.dispatch([row["id"] for row in rows], labels)
         return rows
 
-    async def dispatch(self, ids: Sequence[UUID] | None = None) -> int:
-        """Send undispatched jobs (these `ids`, or any) to their streams; how many were sent."""
+    async def dispatch(
+        self, ids: Sequence[UUID] | None = None, labels: Mapping[UUID, dict[str, str]] | None = None
+    ) -> int:
+        """Send undispatched jobs (these `ids`, or any) to their streams, each message with its
+        job's `labels`; how many were sent."""
 
         async def work(conn: Connection) -> tuple[int, list[Change]]:
             if ids is None:  # the relay: whatever is left, oldest first
@@ -62,8 +65,8 @@ class Dispatcher:
                     await jobs.mark_dispatched(conn, [row["id"] for row in rows])
             else:
                 rows = await jobs.claim_dispatch(conn, ids)
-            if rows:
-                await self._send(rows)  # before commit: if sending fails, nothing is marked
+            if rows:  # sent before commit: if sending fails, nothing is marked
+                await self._send(rows, labels or {})
             return len(rows), []
 
         return await self.records.write(work)
@@ -94,12 +97,12 @@ class Dispatcher:
             max_attempts=job_type.max_attempts or self.default_attempts,
         )
 
-    async def _send(self, rows: Sequence[Record]) -> None:
-        trace = outgoing()
+    async def _send(self, rows: Sequence[Record], labels: Mapping[UUID, dict[str, str]]) -> None:
         now = time.time()
         due_now, later = [], []
         for row in rows:
-            data = self.broker.message(str(row["id"]), row["type"], row["topic"], trace)
+            job_labels = labels.get(row["id"], {})
+            data = self.broker.message(str(row["id"]), row["type"], row["topic"], job_labels)
             run_at = row["run_at"]
             if run_at is not None and run_at.timestamp() > now:
                 later.append((row["topic"], data, run_at.timestamp()))

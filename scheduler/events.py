@@ -38,6 +38,7 @@ class Publisher:
     def __init__(self, redis: Redis, channel: str) -> None:
         self.redis = redis
         self.channel = channel
+        self._published = metrics.child(metrics.JOB_EVENTS_PUBLISHED)
 
     async def publish(self, events: Sequence[JobEvent]) -> None:
         """Announce committed events; a Redis failure is logged, not raised (they are durable)."""
@@ -48,4 +49,4 @@ class Publisher:
         except REDIS_UNAVAILABLE as error:
             log.warning("job events not announced: %r", error)
             return
-        metrics.JOB_EVENTS_PUBLISHED.inc(len(events))
+        self._published.inc(len(events))

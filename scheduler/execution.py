@@ -31,14 +31,14 @@ from asyncpg import Record
 
 from actors.errors import InvalidInput
 from config import Settings
-from observability import metrics
+from observability import metrics, tracing
 from scheduler.batching import Batcher
 from scheduler.broker import Delivery, JobBroker
 from scheduler.context import JobContext, Resources
 from scheduler.model import Change, JobState
 from scheduler.records import Records
 from scheduler.registry import REGISTRY, JobType, PermanentFailure
-from scheduler.tracing import continued_trace, outgoing
+from scheduler.tracing import job_span
 from storage import jobs
 from storage.jobs import Outcome
 from storage.postgres import Connection
@@ -143,8 +143,21 @@ class JobRunner:
         context = JobContext(
             job_id, attempt, row["owner_id"], row["claimed_topic"], self.resources, self.progress
         )
-        with continued_trace(job_type.name):
-            task = asyncio.create_task(self._call(job_type, context, row["params"]))
+        with job_span(job_type.name, str(job_id), attempt) as span:
+            outcome = await self._attempt(job_type, row, context, counters)
+            if outcome.error is not None:
+                tracing.failed(span, RuntimeError(outcome.error))
+            return outcome
+
+    async def _attempt(
+        self,
+        job_type: JobType[Any],
+        row: Record,
+        context: JobContext,
+        counters: metrics.JobMetrics,
+    ) -> Outcome:
+        job_id, attempt = context.job_id, context.attempt
+        task = asyncio.create_task(self._call(job_type, context, row["params"]))
         run = self.runs[job_id] = Run(job_type, attempt, task)
         counters.running.inc()
         try:
@@ -209,13 +222,13 @@ class JobRunner:
             if delivery is not None:
                 await self.broker.defer(delivery, due)
             else:
-                message = self.broker.message(str(outcome.job_id), job_type, topic, outgoing())
+                message = self.broker.message(str(outcome.job_id), job_type, topic, {})
                 await self.broker.send_later(topic, message, due)
         elif outcome.state == JobState.QUEUED:
             if delivery is not None:
                 await self.broker.give_back(delivery)
             else:
-                message = self.broker.message(str(outcome.job_id), job_type, topic, outgoing())
+                message = self.broker.message(str(outcome.job_id), job_type, topic, {})
                 await self.broker.send([(topic, message)])
 
     # -- control ----------------------------------------------------------------------------

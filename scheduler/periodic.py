@@ -21,7 +21,7 @@ from typing import Any
 
 from config import Settings
 from observability import metrics
-from observability.metrics import serve_metrics
+from observability.exporter import serve_metrics
 from scheduler import registry
 from scheduler.broker import JobBroker, JobKeys
 from scheduler.dispatch import Dispatcher
@@ -108,9 +108,6 @@ _known_topics: set[str] = set()
 
 async def run_scheduler(settings: Settings, metrics_port: int | None) -> int:
     registry.load(settings.job_modules)
-    if metrics_port is not None:
-        port = serve_metrics(settings.host, metrics_port)
-        log.info("metrics served", extra={"port": port})
     keys = JobKeys(settings.redis_namespace)
     broker = JobBroker(settings.redis_dsn, keys, settings.job_topics, pool_size=4)
     stop = asyncio.Event()
@@ -118,6 +115,8 @@ async def run_scheduler(settings: Settings, metrics_port: int | None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with AsyncExitStack() as stack:
+        if metrics_port is not None:
+            await stack.enter_async_context(serve_metrics(metrics_port, host=settings.host))
         db = await stack.enter_async_context(
             Database.open(settings.primary_dsn, [], ReplicaSet(0), name="scheduler", size=2)
         )

@@ -30,7 +30,7 @@ from taskiq.receiver import Receiver
 from actors import ActorSystem
 from actors.health import HEALTH, HealthMonitor
 from config import ConfigError, Settings
-from observability.metrics import serve_metrics
+from observability.exporter import serve_metrics
 from scheduler import registry
 from scheduler.broker import JobBroker, JobKeys
 from scheduler.context import Resources
@@ -149,9 +149,6 @@ async def run_worker(settings: Settings, topics: list[str], metrics_port: int | 
         raise ConfigError(f"unknown topics {unknown}: JOB_TOPICS lists {settings.job_topics}")
     registry.load(settings.job_modules)
     logging.getLogger("taskiq").setLevel(logging.WARNING)  # a line per job is too many
-    if metrics_port is not None:
-        port = serve_metrics(settings.host, metrics_port)
-        log.info("metrics served", extra={"port": port})
     name = worker_name()
     keys = JobKeys(settings.redis_namespace)
     broker = JobBroker(
@@ -172,6 +169,8 @@ async def run_worker(settings: Settings, topics: list[str], metrics_port: int | 
         loop.add_signal_handler(sig, stop.set)
     replicas = ReplicaSet(len(settings.replica_dsns))
     async with AsyncExitStack() as stack:
+        if metrics_port is not None:
+            await stack.enter_async_context(serve_metrics(metrics_port, host=settings.host))
         system = await stack.enter_async_context(ActorSystem(stop_timeout=CLOSE_TIMEOUT))
         await system.spawn(HEALTH, lambda: HealthMonitor(settings, replicas))
         db = await stack.enter_async_context(

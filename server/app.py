@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp_cors
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from actors import ActorSystem
 from actors.accounts import ACCOUNTS, Accounts
@@ -23,10 +24,12 @@ from actors.product_images import PRODUCT_IMAGES, ProductImages
 from actors.sessions import SESSIONS, Authenticate, Sessions
 from actors.tokens import AccessTokens
 from config import Settings
+from observability import tracing
+from observability.exporter import sampled
 from observability.logging import AccessLog
 from server.access import authenticate, authorize, check_routes
 from server.live import LIVE, LiveHub
-from server.middleware import limits, observe, problem_details, security_headers
+from server.middleware import limits, observe, problem_details, security_headers, traced
 from server.ratelimit import LIMITER, RateLimiter, quota_headers, rate_limit
 from server.routes import (
     admin,
@@ -58,6 +61,8 @@ ALLOWED_HEADERS = (
     "X-Request-ID",
     "X-Read-After",
     "Idempotency-Key",
+    "traceparent",  # a browser's trace, continued by the request span
+    "tracestate",
 )
 
 
@@ -66,6 +71,7 @@ async def create_app(settings: Settings) -> web.Application:
     limiter = RateLimiter(settings) if settings.rate_limit_enabled else None
     app = web.Application(
         middlewares=[
+            *tracing_middleware(),
             observe(access_log),
             problem_details(retry_after=settings.retry_after_seconds),
             authenticate(timeout=settings.request_timeout),
@@ -80,6 +86,7 @@ async def create_app(settings: Settings) -> web.Application:
     app[ACTORS] = ActorSystem(
         mailbox_size=settings.actor_mailbox_size, stop_timeout=settings.shutdown_timeout
     )
+    app.cleanup_ctx.append(sampled)
     if limiter is not None:
         app[LIMITER] = limiter
         app.cleanup_ctx.append(rate_limiter)
@@ -111,7 +118,7 @@ async def rate_limiter(app: web.Application) -> AsyncIterator[None]:
 async def actors(app: web.Application) -> AsyncIterator[None]:
     """Start the actors in dependency order; stop them, draining, in reverse."""
     settings = app[SETTINGS]
-    replicas = ReplicaSet(len(settings.replica_dsns))
+    replicas = ReplicaSet(len(settings.replica_dsns), settings.replica_max_lag_seconds)
     async with app[ACTORS] as system:
         await system.spawn(HEALTH, lambda: HealthMonitor(settings, replicas), concurrency=4)
         tokens = AccessTokens.from_settings(settings)
@@ -170,6 +177,11 @@ def _authenticator(app: web.Application) -> Callable[[str], Awaitable[Principal]
 
 async def _flush(access_log: AccessLog) -> None:
     access_log.flush()
+
+
+def tracing_middleware() -> list[Middleware]:
+    """The request span, when this process traces (`observability.instrumentation`)."""
+    return [] if tracing.tracer is None else [traced()]
 
 
 def allow_cors(app: web.Application, origins: list[str]) -> None:

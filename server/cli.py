@@ -23,6 +23,7 @@ import uvloop
 from pydantic import SecretStr
 
 from config import ConfigError, Settings, load_settings
+from observability.instrumentation import instrumented
 from observability.logging import configure_logging
 from server.runner import serve, serve_everything
 from server.seed import seed
@@ -114,14 +115,16 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
     topics = _split(args.topics) if args.topics else settings.job_topics
     port = args.metrics_port if args.metrics_port is not None else settings.worker_metrics_port
-    return uvloop.run(run_worker(resolve(settings), topics, port))
+    with instrumented(settings, service="backend-worker"):
+        return uvloop.run(run_worker(resolve(settings), topics, port))
 
 
 def cmd_scheduler(settings: Settings, args: argparse.Namespace) -> int:
     from scheduler.periodic import run_scheduler
 
     port = args.metrics_port if args.metrics_port is not None else settings.scheduler_metrics_port
-    return uvloop.run(run_scheduler(resolve(settings), port))
+    with instrumented(settings, service="backend-scheduler"):
+        return uvloop.run(run_scheduler(resolve(settings), port))
 
 
 def cmd_seed(settings: Settings, args: argparse.Namespace) -> int:

@@ -159,7 +159,7 @@ class Client:
         try:
             while self.outbox and not self.ws.closed:
                 await self.ws.send_str(self.outbox.popleft().decode())
-                metrics.WS_MESSAGES_SENT.inc()
+                self.hub.sent.inc()
         except (ConnectionError, RuntimeError):
             self.outbox.clear()
         finally:
@@ -185,6 +185,9 @@ class LiveHub:
         self.redis: Redis
         self._admit: Any = None
         self._closing: set[asyncio.Task[None]] = set()
+        self.sent = metrics.child(metrics.WS_MESSAGES_SENT)
+        self.received = metrics.child(metrics.WS_MESSAGES_RECEIVED)
+        self.connections = metrics.child(metrics.WS_CONNECTIONS)
 
     @property
     def ttl(self) -> float:
@@ -241,14 +244,14 @@ class LiveHub:
         admitted = await self._admit([key], [now, cap, now + ttl, client.id, int(ttl) + 1])
         if admitted:
             self.clients.add(client)
-            metrics.WS_CONNECTIONS.inc()
+            self.connections.inc()
         return bool(admitted)
 
     async def release(self, client: Client) -> None:
         self.unsubscribe(client, jobs=list(client.jobs), mine=True, topics=list(client.topics))
         if client in self.clients:
             self.clients.discard(client)
-            metrics.WS_CONNECTIONS.dec()
+            self.connections.dec()
             with contextlib.suppress(Exception):
                 await self.redis.zrem(self.keys.connections(client.principal.user_id), client.id)
 

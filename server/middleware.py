@@ -1,5 +1,6 @@
 """Request middleware, outermost first:
 
+* `traced` (only when tracing is on): a server span per request, named by its route template;
 * `observe`: request id in and out, one JSON access-log line and the HTTP metrics per request;
 * `problems`: any exception becomes an `application/problem+json` answer;
 * `limits`: the request's time budget (passed down to actors) and its body size (a declared
@@ -19,21 +20,67 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from multidict import CIMultiDict
+from opentelemetry import propagate
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from actors.deadlines import cancel_at
 from actors.errors import DeadlineExceeded, TooLarge
 from actors.runtime import deadline_scope
-from observability import metrics
+from observability import metrics, tracing
 from observability.logging import AccessLog, request_id
 from server import problems
 from server.routing import endpoint_of
-from server.state import SETTINGS
+from server.state import PRINCIPAL, SETTINGS
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
+def traced() -> Middleware:
+    """A server span per request, continuing the caller's trace (`traceparent`) if any, or
+    starting one for the sampled share of requests; the others pass straight through.
+
+    Outermost, so that the access-log line is written inside the span and carries its ids.
+    """
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        headers = request.headers
+        caller = propagate.extract(headers) if "traceparent" in headers else None
+        if not tracing.begins(caller, root=True):
+            return await handler(request)
+        method = request.method if request.method in _METHODS else "OTHER"
+        route = route_template(request)
+        with tracing.start(
+            f"{method} {route}",
+            kind=SpanKind.SERVER,
+            context=caller,
+            attributes={"http.request.method": method, "http.route": route},
+        ) as span:
+            status, answered = 500, None
+            try:
+                response = await handler(request)
+                status, answered = response.status, response.headers
+                return response
+            except web.HTTPException as exc:
+                status, answered = exc.status, exc.headers
+                raise
+            except asyncio.CancelledError:
+                status = 499
+                raise
+            finally:
+                span.set_attribute("http.response.status_code", status)
+                if answered is not None and "X-Request-ID" in answered:
+                    span.set_attribute("request.id", answered["X-Request-ID"])
+                if status >= 500:
+                    span.set_status(Status(StatusCode.ERROR))
+
+    return middleware
+
+
 def observe(access_log: AccessLog | None) -> Middleware:
+    in_flight = metrics.child(metrics.HTTP_IN_FLIGHT)
+
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         incoming = request.headers.get("X-Request-ID", "")
@@ -41,7 +88,7 @@ def observe(access_log: AccessLog | None) -> Middleware:
         token = request_id.set(rid)
         started = time.perf_counter()
         status = 500
-        metrics.HTTP_IN_FLIGHT.inc()
+        in_flight.inc()
         try:
             response = await handler(request)
             status = response.status
@@ -56,13 +103,14 @@ def observe(access_log: AccessLog | None) -> Middleware:
             raise
         finally:
             elapsed = time.perf_counter() - started
-            metrics.HTTP_IN_FLIGHT.dec()
+            in_flight.dec()
             method = request.method if request.method in _METHODS else "OTHER"
             route = route_template(request)
             requests, durations = metrics.http_request(method, route, str(status))
             requests.inc()
             durations.observe(elapsed)
             if access_log is not None:
+                principal = request.get(PRINCIPAL)
                 access_log.write(
                     f"{method} {request.path} {status}",
                     method=method,
@@ -71,6 +119,7 @@ def observe(access_log: AccessLog | None) -> Middleware:
                     status=status,
                     duration_ms=round(elapsed * 1000, 3),
                     remote=request.remote,
+                    user=None if principal is None else principal.user_id,
                 )
             request_id.reset(token)
 

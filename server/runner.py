@@ -25,6 +25,7 @@ from aiohttp import web
 
 from config import Settings
 from observability import metrics
+from observability.instrumentation import instrumented
 from server.app import create_app
 from server.state import LIFECYCLE
 
@@ -35,7 +36,11 @@ AppFactory = Callable[[Settings], Awaitable[web.Application]]
 
 async def run_server(settings: Settings, app_factory: AppFactory = create_app) -> None:
     """Serve until SIGTERM/SIGINT, then shut down gracefully."""
-    app = await app_factory(settings)
+    with instrumented(settings):
+        await _serve(settings, await app_factory(settings))
+
+
+async def _serve(settings: Settings, app: web.Application) -> None:
     runner = web.AppRunner(
         app, handle_signals=False, access_log=None, shutdown_timeout=settings.shutdown_timeout
     )
@@ -68,10 +73,10 @@ def serve(settings: Settings, workers: int) -> int:
     if workers == 1:
         uvloop.run(run_server(settings))
         return 0
-    children = [
-        Child(f"api-{i}", [sys.executable, "-m", "server.cli", "serve", "--workers", "1"])
-        for i in range(workers)
-    ]
+    # The children get the address this process was given, command-line overrides included.
+    argv = [sys.executable, "-m", "server.cli", "serve", "--workers", "1"]
+    argv += ["--host", settings.host, "--port", str(settings.port)]
+    children = [Child(f"api-{i}", argv) for i in range(workers)]
     return Supervisor(children, settings).run()
 
 
@@ -112,6 +117,7 @@ class Supervisor:
     settings: Settings
     max_quick_failures: int = 3
     _stopping: bool = field(default=False, init=False)
+    _metrics_dir: str = field(default="", init=False)
 
     def run(self) -> int:
         env = self._environment()
@@ -143,6 +149,7 @@ class Supervisor:
             shutil.rmtree(directory, ignore_errors=True)
             directory.mkdir(parents=True)
             env["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+        self._metrics_dir = env["PROMETHEUS_MULTIPROC_DIR"]
         return env
 
     def _spawn(self, child: Child, env: dict[str, str]) -> None:
@@ -154,7 +161,7 @@ class Supervisor:
     def _should_restart(self, child: Child) -> bool:
         assert child.process is not None
         code = child.process.returncode
-        metrics.mark_process_dead(child.process.pid)
+        metrics.mark_process_dead(child.process.pid, self._metrics_dir)
         quick = time.monotonic() - child.started < 5.0
         child.quick_failures = child.quick_failures + 1 if quick else 0
         log.error("child exited", extra={"child": child.name, "code": code})
@@ -179,4 +186,4 @@ class Supervisor:
                 process.wait()
         for child in self.children:
             if child.process is not None:
-                metrics.mark_process_dead(child.process.pid)
+                metrics.mark_process_dead(child.process.pid, self._metrics_dir)

@@ -136,10 +136,10 @@ class CatalogCache:
         self._invalidations = TickBatch(self._invalidate_together)
         self._follower: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
-        self._near_hit = metrics.CACHE_LOOKUPS.labels("near", "hit")
-        self._near_miss = metrics.CACHE_LOOKUPS.labels("near", "miss")
-        self._redis_hit = metrics.CACHE_LOOKUPS.labels("redis", "hit")
-        self._redis_miss = metrics.CACHE_LOOKUPS.labels("redis", "miss")
+        self._near_hit = metrics.child(metrics.CACHE_LOOKUPS, "near", "hit")
+        self._near_miss = metrics.child(metrics.CACHE_LOOKUPS, "near", "miss")
+        self._redis_hit = metrics.child(metrics.CACHE_LOOKUPS, "redis", "hit")
+        self._redis_miss = metrics.child(metrics.CACHE_LOOKUPS, "redis", "miss")
 
     async def start(self, timeout: float) -> None:
         """Follow the change channel; wait (up to `timeout`) for the first subscription."""

@@ -8,7 +8,7 @@ thousands of state changes a second with durable records.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -40,6 +40,8 @@ class NewJob:
     idempotency_key: str | None = None
     request_hash: str | None = None
     run_at: datetime | None = None
+    # Carried in the job's message, not stored: the trace context of the request that asked.
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
+from typing import Any, TypeVar
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.client import Pipeline
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
@@ -13,7 +15,11 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from observability import tracing
+
 REDIS_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+
+T = TypeVar("T")
 
 
 @asynccontextmanager
@@ -39,11 +45,57 @@ async def open_redis(
         retry=Retry(ExponentialBackoff(cap=0.2, base=0.01), retries=2),
         retry_on_error=[RedisConnectionError],
     )
-    client = Redis.from_pool(pool)
+    client = (Redis if tracing.tracer is None else TracedRedis).from_pool(pool)
     try:
         yield client
     finally:
         await client.aclose()
+
+
+class TracedRedis(Redis):
+    """A client that makes a client span per command, and per pipeline, inside a sampled trace.
+    Keys and values are never recorded (keys may hold token ids)."""
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        if not tracing.recording():
+            return await super().execute_command(*args, **options)
+        return await _traced(
+            self, str(args[0]).upper(), 1, super().execute_command(*args, **options)
+        )
+
+    def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> Pipeline:
+        return TracedPipeline(
+            self.connection_pool, self.response_callbacks, transaction, shard_hint
+        )
+
+
+class TracedPipeline(Pipeline):
+    async def execute(self, raise_on_error: bool = True) -> list[Any]:
+        if not tracing.recording() or not self.command_stack:
+            return await super().execute(raise_on_error)
+        operation = "MULTI" if self.is_transaction or self.explicit_transaction else "PIPELINE"
+        count = len(self.command_stack)
+        return await _traced(self, operation, count, super().execute(raise_on_error))
+
+
+async def _traced(client: Redis, operation: str, count: int, call: Awaitable[T]) -> T:
+    options = client.connection_pool.connection_kwargs
+    attributes: dict[str, Any] = {
+        "db.system.name": "redis",
+        "db.operation.name": operation,
+        "db.namespace": str(options.get("db", 0)),
+        "server.address": str(options.get("host", options.get("path", ""))),
+    }
+    if "port" in options:
+        attributes["server.port"] = options["port"]
+    if count > 1:
+        attributes["db.operation.batch.size"] = count
+    with tracing.start(operation, kind=tracing.SpanKind.CLIENT, attributes=attributes) as span:
+        try:
+            return await call
+        except Exception as error:
+            tracing.failed(span, error)
+            raise
 
 
 class Keys:

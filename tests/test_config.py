@@ -38,6 +38,10 @@ def test_defaults_need_no_configuration() -> None:
         ("LOG_LEVEL", "LOUD"),
         ("REQUEST_TIMEOUT", "-1"),
         ("REDIS_NAMESPACE", "has spaces"),
+        ("TRACING_EXPORTER", "jaeger"),
+        ("TRACING_SAMPLE_RATIO", "1.5"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318"),
+        ("METRICS_ENABLED", "maybe"),
     ],
 )
 def test_bad_value_names_the_variable(

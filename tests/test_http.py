@@ -46,7 +46,7 @@ async def test_readyz_reports_every_dependency_up(client: TestClient) -> None:
     assert body["checks"]["redis"]["up"] is True
     [replica] = body["checks"]["replicas"]
     assert replica["up"] is True
-    assert replica["lag_seconds"] == 0
+    assert replica["lag_seconds"] < 1  # at most a moment behind the latest write
     assert body["reads"] == "replica"
 
 

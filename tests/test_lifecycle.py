@@ -73,7 +73,7 @@ async def test_reads_fall_back_to_primary_while_the_replica_is_down(
             return await response.json()
 
     replicas = ReplicaSet(1)
-    replicas.record(0, replay_lsn=0, lag_seconds=0, lag_bytes=0, max_lag=30)
+    replicas.record(0, replay_lsn=0)
     async with Database.open(
         settings.primary_dsn, settings.replica_dsns, replicas, name="failover", size=1
     ) as db:

@@ -34,7 +34,7 @@ async def in_recovery(conn: Connection) -> bool:
 
 def mark_caught_up(db: Database) -> None:
     for index in range(len(db.replica_set.states)):
-        db.replica_set.record(index, replay_lsn=2**62, lag_seconds=0, lag_bytes=0, max_lag=30)
+        db.replica_set.record(index, replay_lsn=2**62)
 
 
 async def test_row_written_on_primary_is_readable_on_replica(
@@ -195,3 +195,22 @@ async def test_redis_keys_are_namespaced(settings: Settings) -> None:
         assert await redis.get(f"{settings.redis_namespace}:probe:1") == b"value"
         name = await redis.client_getname()
     assert name == "test"
+
+
+def test_replica_lag_is_time_since_the_primary_passed_its_position() -> None:
+    replicas = ReplicaSet(1, max_lag=30)
+    replicas.primary.record(100, at=0.0)
+    replicas.primary.record(100, at=500.0)  # idle for minutes: still the first sample counts
+    replicas.record(0, replay_lsn=100, at=600.0)
+    assert replicas.states[0].lag_seconds == 0  # caught up, however long since a commit
+    replicas.primary.record(200, at=600.0)
+    replicas.record(0, replay_lsn=100, at=600.2)  # a moment behind a fresh write
+    state = replicas.states[0]
+    assert state.up
+    assert state.lag_seconds == pytest.approx(0.2)
+    assert state.lag_bytes == 100
+    replicas.primary.record(300, at=620.0)
+    replicas.record(0, replay_lsn=100, at=640.0)  # stuck: 40 s since the primary moved on
+    assert replicas.states[0].lag_seconds == pytest.approx(40.0)
+    assert not replicas.states[0].up
+    assert "exceeds" in replicas.states[0].error

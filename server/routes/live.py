@@ -93,7 +93,7 @@ async def _serve(hub: LiveHub, client: Client, actors: ActorSystem) -> None:
     try:
         client.reply({"type": "ready", "user_id": client.principal.user_id})
         async for message in client.ws:
-            metrics.WS_MESSAGES_RECEIVED.inc()
+            hub.received.inc()
             try:
                 if message.type != WSMsgType.TEXT:
                     raise Refused("send JSON text frames")

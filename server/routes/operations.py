@@ -9,7 +9,7 @@ from aiohttp import web
 
 from actors.health import HEALTH, CheckReadiness
 from config.settings import EXEMPT
-from observability import metrics
+from observability.exporter import scrape_response
 from server.routing import PUBLIC, Routes, json_response
 from server.state import ACTORS, LIFECYCLE
 
@@ -46,10 +46,7 @@ async def readyz(request: web.Request) -> web.Response:
 @routes.get("/metrics", access=PUBLIC, rate_limit=EXEMPT)
 async def scrape(request: web.Request) -> web.Response:
     """Prometheus text exposition (summed over every API process)."""
-    body, content_type = metrics.exposition()
-    response = web.Response(body=body)
-    response.headers["Content-Type"] = content_type
-    return response
+    return scrape_response()
 
 
 def _status(ready: bool, replicas: list[dict[str, Any]]) -> str:

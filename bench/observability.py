@@ -1,0 +1,119 @@
+"""Rows for observability: what metrics and tracing cost, off against on, on the hot route
+(the catalog's cached product read).
+
+Four `backend serve` groups, started together, each with the shipped process count: metrics
+off; as shipped (metrics on, tracing off); tracing at 10% to an OTLP collector (a local sink);
+tracing at 100%. The rounds go through them forwards, then backwards, so that drift on a shared
+machine hits all alike, and each row compares the best round of each: metrics on against off
+(target: under 5% cost), and tracing at 10% against off (target: under 10%). Server CPU per
+request is printed too: it holds up better than throughput when other work shares the machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import urllib.request
+from pathlib import Path
+
+from bench import commerce
+from bench.harness import Load, Request, Row, process, run_wrk
+from bench.run import Bench
+from tests.processes import free_port
+
+ROUNDS = 3
+
+
+def hot_route(bench: Bench) -> tuple[str, Request]:
+    """The route measured: the catalog's cached product read (it was `"GET /livez",
+    Request("/livez")` before the catalog existed)."""
+    return "GET /products/{id}", commerce.cached_product_reads(bench)
+
+
+def rows(bench: Bench) -> list[Row]:
+    route, request = hot_route(bench)
+    connections = bench.connections[0]
+    sink_port = free_port()
+    sink = f"http://127.0.0.1:{sink_port}"
+    # Every group as shipped but for a rate-limit policy that admits everything (the
+    # limiter's cost is the rate limiter's row).
+    shipped = {"RATE_LIMIT_POLICIES": commerce.UNLIMITED_POLICY}
+    traced = {**shipped, "TRACING_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": sink}
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(
+            process(
+                [sys.executable, "-m", "bench.otlp_sink", "--port", str(sink_port)],
+                dict(os.environ),
+                f"{sink}/spans",
+                bench.settings.state_dir / "otlp-sink.log",
+            )
+        )
+        servers = {
+            "off": stack.enter_context(bench.variant(**shipped, METRICS_ENABLED="false")),
+            "metrics": stack.enter_context(bench.variant(**shipped)),
+            "10%": stack.enter_context(bench.variant(**traced, TRACING_SAMPLE_RATIO="0.1")),
+            "100%": stack.enter_context(bench.variant(**traced, TRACING_SAMPLE_RATIO="1")),
+        }
+        best: dict[str, Load] = {}
+        cpu: dict[str, list[float]] = {name: [] for name in servers}
+        for round_ in range(ROUNDS):
+            order = list(servers.items())
+            for name, base in order if round_ % 2 == 0 else reversed(order):
+                before = server_cpu(base)
+                load = run_wrk(base, request, connections=connections, seconds=bench.seconds)
+                cpu[name].append((server_cpu(base) - before) / max(1, load.requests))
+                if name not in best or load.rps > best[name].rps:
+                    best[name] = load
+        exported = json.load(urllib.request.urlopen(f"{sink}/spans", timeout=5))["spans"]
+    found = [
+        Row(f"metrics on vs off: {route}", connections, best["metrics"], best["off"], 0.95),
+        Row(f"tracing 10% vs off: {route}", connections, best["10%"], best["metrics"], 0.90),
+        Row(f"tracing 100% vs off: {route}", connections, best["100%"], best["metrics"]),
+    ]
+    for row in found:
+        print(row.line(), flush=True)
+    per_request = {name: min(values) * 1e6 for name, values in cpu.items()}
+    print(
+        f"{'':<44} server CPU per request (best round): "
+        + ", ".join(f"{name} {us:.0f} us" for name, us in per_request.items()),
+        flush=True,
+    )
+    print(
+        f"{'':<44} cost: metrics {per_request['metrics'] / per_request['off'] - 1:+.1%} "
+        f"(target < 5%), tracing 10% {per_request['10%'] / per_request['metrics'] - 1:+.1%} "
+        f"(target < 10%), tracing 100% {per_request['100%'] / per_request['metrics'] - 1:+.1%}",
+        flush=True,
+    )
+    print(f"{'':<44} spans received by the OTLP collector: {exported}", flush=True)
+    return found
+
+
+def server_cpu(base: str) -> float:
+    """CPU seconds used so far by the processes listening on `base`'s port."""
+    port = int(base.rsplit(":", 1)[1])
+    listening = {
+        fields[9]
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
+        if (fields := line.split())[3] == "0A" and int(fields[1].split(":")[1], 16) == port
+    }
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and listening & _sockets(entry):
+            with contextlib.suppress(OSError):
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
+def _sockets(process: Path) -> set[str]:
+    found = set()
+    with contextlib.suppress(OSError):
+        for fd in (process / "fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    found.add(target[8:-1])
+    return found
