@@ -177,7 +177,6 @@ class Settings(BaseSettings):
     )
     job_retention_days: int = Field(30, ge=1, description="finished jobs and their events")
     job_maintenance_interval: float = Field(3600.0, gt=0, description="seconds between runs")
-    job_report_rows_per_progress: int = Field(500, ge=1)
     worker_metrics_port: int | None = Field(None, ge=0, le=65535, description="0: any free")
     scheduler_metrics_port: int | None = Field(None, ge=0, le=65535)
     ws_heartbeat_seconds: float = Field(20.0, gt=0)
