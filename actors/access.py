@@ -32,6 +32,10 @@ PERMISSIONS: Final[dict[str, frozenset[str]]] = {
     "catalog:write": STAFF_AND_ADMIN,  # create, change and delete products
     "users:manage": ADMIN_ONLY,  # accounts, their roles and activation
     "audit:read": ADMIN_ONLY,  # the audit log of admin changes
+    "jobs:submit": EVERYONE,  # submit, follow and cancel one's own jobs
+    "jobs:reports": STAFF_AND_ADMIN,  # sales reports over every order
+    "jobs:manage": STAFF_AND_ADMIN,  # every job; the dead-letter view
+    "jobs:replay": ADMIN_ONLY,  # send a dead job back to the queue
     "files:read": EVERYONE,  # one's own uploaded files (staff and admin: anyone's)
     "files:write": EVERYONE,  # upload files; delete one's own (staff and admin: anyone's)
 }

@@ -9,10 +9,10 @@ import argparse
 import os
 import sys
 
-from bench import commerce, foundation, observability, ratelimit
+from bench import commerce, foundation, jobs, observability, ratelimit
 from bench.run import Bench, bench_services, print_header, servers, summary
 
-SUITES = (foundation.rows, ratelimit.rows, commerce.rows, observability.rows)
+SUITES = (foundation.rows, ratelimit.rows, commerce.rows, observability.rows, jobs.rows)
 
 
 def main() -> int:

@@ -42,6 +42,8 @@ def _check_dsn(value: SecretStr | None, schemes: tuple[str, ...]) -> SecretStr |
     return value
 
 
+_TOPIC = re.compile(r"^[a-z0-9_-]{1,32}$")
+
 CommaList = Annotated[list[str], NoDecode]
 SecretList = Annotated[list[SecretStr], NoDecode]
 NetworkList = Annotated[list[IPvAnyNetwork], NoDecode]
@@ -152,6 +154,39 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     access_log: bool = True
 
+    # -- background jobs and live updates (issue 5) --
+    job_topics: CommaList = Field(
+        default_factory=lambda: ["default", "reports", "orders", "maintenance"],
+        description="every topic a job may be sent to; each is its own Redis stream",
+    )
+    job_modules: CommaList = Field(
+        default_factory=list, description="extra modules that register job types"
+    )
+    job_concurrency: int = Field(16, ge=1, le=10_000, description="jobs at once per worker")
+    job_max_attempts: int = Field(5, ge=1, le=100, description="default attempts per job")
+    job_backoff_seconds: float = Field(1.0, gt=0, description="first retry delay")
+    job_backoff_max_seconds: float = Field(300.0, gt=0)
+    job_claim_timeout: float = Field(
+        30.0, gt=0, description="a delivery idle this long is taken over by another worker"
+    )
+    job_heartbeat_interval: float = Field(5.0, gt=0)
+    job_reclaim_interval: float = Field(5.0, gt=0, description="seconds between reclaim scans")
+    job_poll_interval: float = Field(0.5, gt=0, description="delayed-job and relay poll")
+    job_shutdown_timeout: float = Field(
+        20.0, gt=0, description="SIGTERM: running jobs get this long, then go back to the queue"
+    )
+    job_retention_days: int = Field(30, ge=1, description="finished jobs and their events")
+    job_maintenance_interval: float = Field(3600.0, gt=0, description="seconds between runs")
+    worker_metrics_port: int | None = Field(None, ge=0, le=65535, description="0: any free")
+    scheduler_metrics_port: int | None = Field(None, ge=0, le=65535)
+    ws_heartbeat_seconds: float = Field(20.0, gt=0)
+    ws_auth_timeout: float = Field(10.0, gt=0)
+    ws_recheck_seconds: float = Field(
+        30.0, gt=0, description="how often open sockets' tokens are checked again"
+    )
+    ws_send_buffer: int = Field(256, ge=1, description="messages queued per client at most")
+    ws_max_connections_per_user: int = Field(8, ge=1)
+    ws_max_subscriptions: int = Field(100, ge=1)
     # Observability (issue 7): metrics can be switched off only to measure what they cost;
     # tracing is off unless an exporter is chosen, and then samples this share of new traces.
     metrics_enabled: bool = True
@@ -229,6 +264,8 @@ class Settings(BaseSettings):
         "database_replica_urls",
         "cors_origins",
         "trusted_proxies",
+        "job_topics",
+        "job_modules",
         "files_allowed_types",
         mode="before",
     )
@@ -258,6 +295,14 @@ class Settings(BaseSettings):
     def _redis_url(cls, value: SecretStr | None) -> SecretStr | None:
         return _check_dsn(value, ("redis", "rediss", "unix"))
 
+    @field_validator("job_topics")
+    @classmethod
+    def _topic_names(cls, value: list[str]) -> list[str]:
+        for topic in value:
+            if not _TOPIC.match(topic):
+                raise ValueError(f"topic names are [a-z0-9_-]{{1,32}}: {topic!r}")
+        return value
+
     @field_validator("rate_limit_policies")
     @classmethod
     def _over_defaults(cls, value: dict[str, RatePolicy]) -> dict[str, RatePolicy]:
@@ -285,6 +330,13 @@ class Settings(BaseSettings):
     def _replicas_need_primary(self) -> Settings:
         if self.database_replica_urls and self.database_url is None:
             raise ValueError("DATABASE_REPLICA_URLS is set but DATABASE_URL is not")
+        return self
+
+    @model_validator(mode="after")
+    def _heartbeat_within_claim(self) -> Settings:
+        # A running job's claim must be renewed before another worker may take it over.
+        if self.job_heartbeat_interval * 2 > self.job_claim_timeout:
+            raise ValueError("JOB_HEARTBEAT_INTERVAL must be at most half of JOB_CLAIM_TIMEOUT")
         return self
 
     @field_validator("jwt_keys", mode="before")

@@ -114,6 +114,91 @@ DB_REPLICA_LAG_BYTES = Gauge(
 )
 
 
+# -- background jobs and WebSockets (issue 5) ------------------------------------------------
+
+JOB_LABELS = ["type", "topic"]
+JOBS_ENQUEUED = Counter("jobs_enqueued_total", "Jobs accepted for running.", JOB_LABELS)
+JOBS_STARTED = Counter("jobs_started_total", "Job attempts started by a worker.", JOB_LABELS)
+JOBS_SUCCEEDED = Counter("jobs_succeeded_total", "Jobs that completed.", JOB_LABELS)
+JOBS_FAILED = Counter(
+    "jobs_failed_total", "Job attempts that raised (retried or not), by type.", JOB_LABELS
+)
+JOBS_RETRIED = Counter("jobs_retried_total", "Failed attempts scheduled again.", JOB_LABELS)
+JOBS_DEAD = Counter("jobs_dead_total", "Jobs dead-lettered: attempts used up.", JOB_LABELS)
+JOBS_CANCELLED = Counter("jobs_cancelled_total", "Jobs cancelled.", JOB_LABELS)
+JOBS_RETURNED = Counter(
+    "jobs_returned_total", "Runs handed back to the queue by a stopping worker.", JOB_LABELS
+)
+JOBS_RECLAIMED = Counter(
+    "jobs_reclaimed_total", "Deliveries taken over from a lost worker.", ["topic"]
+)
+JOB_DURATION = Histogram(
+    "job_run_duration_seconds",
+    "Time one attempt of a job ran.",
+    JOB_LABELS,
+    buckets=(0.005, 0.025, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 1800.0),
+)
+JOBS_RUNNING = Gauge("jobs_running", "Jobs running now.", ["topic"], multiprocess_mode="livesum")
+JOB_QUEUE_DEPTH = Gauge(
+    "job_queue_depth", "Jobs waiting to start.", ["topic"], multiprocess_mode="livemax"
+)
+JOB_QUEUE_OLDEST = Gauge(
+    "job_queue_oldest_age_seconds",
+    "How long the oldest waiting job has waited.",
+    ["topic"],
+    multiprocess_mode="livemax",
+)
+JOB_EVENTS_PUBLISHED = Counter(
+    "job_events_published_total", "Job events announced to the API processes."
+)
+
+
+class JobMetrics:
+    """The metric children of one job type on one topic, bound once (batched, see `child`)."""
+
+    __slots__ = (
+        "cancelled",
+        "dead",
+        "duration",
+        "enqueued",
+        "failed",
+        "retried",
+        "returned",
+        "running",
+        "started",
+        "succeeded",
+    )
+
+    def __init__(self, job_type: str, topic: str) -> None:
+        self.enqueued = child(JOBS_ENQUEUED, job_type, topic)
+        self.started = child(JOBS_STARTED, job_type, topic)
+        self.succeeded = child(JOBS_SUCCEEDED, job_type, topic)
+        self.failed = child(JOBS_FAILED, job_type, topic)
+        self.retried = child(JOBS_RETRIED, job_type, topic)
+        self.dead = child(JOBS_DEAD, job_type, topic)
+        self.cancelled = child(JOBS_CANCELLED, job_type, topic)
+        self.returned = child(JOBS_RETURNED, job_type, topic)
+        self.duration = child(JOB_DURATION, job_type, topic)
+        self.running = child(JOBS_RUNNING, topic)
+
+
+def job_metrics(job_type: str, topic: str) -> JobMetrics:
+    """Bound per call: `child` remembers them, and when metrics are off they are `NULL`."""
+    return JobMetrics(job_type, topic)
+
+
+WS_CONNECTIONS = Gauge(
+    "websocket_connections", "Open WebSocket connections.", multiprocess_mode="livesum"
+)
+WS_MESSAGES_SENT = Counter("websocket_messages_sent_total", "Messages sent to WebSocket clients.")
+WS_MESSAGES_RECEIVED = Counter(
+    "websocket_messages_received_total", "Messages received from WebSocket clients."
+)
+WS_CLOSED = Counter(
+    "websocket_closed_total",
+    "WebSocket connections closed by the server, by reason.",
+    ["reason"],
+)
 # -- process (issue 7) --------------------------------------------------------------------
 # prometheus-client's own process collector reads /proc of the scraping process only, so in
 # multiprocess mode it would report one process out of N. These gauges replace it (in both

@@ -6,7 +6,7 @@ start-up in list order, the code after it at shutdown in reverse, so both read t
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp_cors
 from aiohttp import web
@@ -17,15 +17,18 @@ from actors.accounts import ACCOUNTS, Accounts
 from actors.catalog import CATALOG, Catalog
 from actors.files import FILES, Files
 from actors.health import HEALTH, HealthMonitor
+from actors.identity import Principal
+from actors.jobs import JOBS, JobsActor
 from actors.orders import ORDERS, Orders
 from actors.product_images import PRODUCT_IMAGES, ProductImages
-from actors.sessions import SESSIONS, Sessions
+from actors.sessions import SESSIONS, Authenticate, Sessions
 from actors.tokens import AccessTokens
 from config import Settings
 from observability import tracing
 from observability.exporter import sampled
 from observability.logging import AccessLog
 from server.access import authenticate, authorize, check_routes
+from server.live import LIVE, LiveHub
 from server.middleware import limits, observe, problem_details, security_headers, traced
 from server.ratelimit import LIMITER, RateLimiter, quota_headers, rate_limit
 from server.routes import (
@@ -34,6 +37,8 @@ from server.routes import (
     catalog,
     docs,
     files,
+    jobs,
+    live,
     operations,
     orders,
     product_images,
@@ -87,6 +92,8 @@ async def create_app(settings: Settings) -> web.Application:
         app.cleanup_ctx.append(rate_limiter)
         app.on_response_prepare.append(quota_headers())
     app.cleanup_ctx.append(actors)
+    app.cleanup_ctx.append(live_updates)
+    app.on_shutdown.append(_close_websockets)
     if access_log is not None:
         app.on_cleanup.append(lambda app: _flush(access_log))
 
@@ -95,6 +102,7 @@ async def create_app(settings: Settings) -> web.Application:
     install(app, files.routes, product_images.routes)
     install(app, docs.routes)
     docs.setup(app)
+    install(app, jobs.routes, live.routes)
     app.on_startup.append(check_routes)
     allow_cors(app, settings.cors_origins)
     app.on_response_prepare.append(security_headers(hsts_seconds=settings.hsts_seconds))
@@ -142,7 +150,29 @@ async def actors(app: web.Application) -> AsyncIterator[None]:
             lambda: ProductImages(settings, replicas, system[FILES]),
             concurrency=max(2, settings.db_pool_size // 2),
         )
+        await system.spawn(JOBS, lambda: JobsActor(settings, replicas), concurrency=128)
         yield
+
+
+async def live_updates(app: web.Application) -> AsyncIterator[None]:
+    """Job events pushed to WebSocket clients (after the actors: it asks the jobs actor)."""
+    async with LiveHub(app[SETTINGS], _authenticator(app)).running() as hub:
+        app[LIVE] = hub
+        yield
+
+
+async def _close_websockets(app: web.Application) -> None:
+    await app[LIVE].close_all()
+
+
+def _authenticator(app: web.Application) -> Callable[[str], Awaitable[Principal]]:
+    """Verifies a WebSocket's first-message token as the HTTP middleware does a bearer header."""
+
+    async def authenticate(token: str) -> Principal:
+        session = await app[ACTORS][SESSIONS].ask(Authenticate(token))
+        return session.principal
+
+    return authenticate
 
 
 async def _flush(access_log: AccessLog) -> None:

@@ -1,8 +1,10 @@
 """The `backend` command.
 
-backend up                      services (when no URLs are set), migrations, API server
+backend up                      services (when no URLs are set), migrations, API, worker, scheduler
 backend serve [--workers N]     the API server (one process per core by default)
 backend migrate                 apply pending migrations
+backend worker [--topics a,b]   a worker running the jobs of those topics (default: all)
+backend scheduler               periodic jobs (safe to run more than one)
 backend seed                    the first admin and the demo catalog (idempotent)
 backend services start|stop|status
 """
@@ -17,11 +19,13 @@ import sys
 from collections.abc import Callable
 from urllib.parse import urlsplit, urlunsplit
 
+import uvloop
 from pydantic import SecretStr
 
 from config import ConfigError, Settings, load_settings
+from observability.instrumentation import instrumented
 from observability.logging import configure_logging
-from server.runner import serve
+from server.runner import serve, serve_everything
 from server.seed import seed
 from storage.embedded import EmbeddedServices, ServicesError
 from storage.migrations import MigrationError, migrate
@@ -65,6 +69,11 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--host")
         sub.add_argument("--port", type=int)
     command("migrate", cmd_migrate, "apply pending database migrations")
+    worker = command("worker", cmd_worker, "run background jobs of some topics")
+    worker.add_argument("--topics", help="comma-separated topics (default: every JOB_TOPICS)")
+    worker.add_argument("--metrics-port", type=int, help="serve this process's metrics here")
+    scheduler = command("scheduler", cmd_scheduler, "enqueue periodic jobs")
+    scheduler.add_argument("--metrics-port", type=int, help="serve this process's metrics here")
     command("seed", cmd_seed, "create the first admin and the demo catalog")
     services = command("services", cmd_services, "manage the embedded PostgreSQL and Redis")
     services.add_argument("action", choices=("start", "stop", "status"))
@@ -86,7 +95,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         _migrate(settings)
         _seed(settings)
         print(f"API on http://{settings.host}:{settings.port}  (Ctrl-C stops everything)")
-        return serve(settings, workers(settings))
+        return serve_everything(settings, workers(settings))
     finally:
         if started_here:
             embedded.stop(started_here)
@@ -99,6 +108,23 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     _migrate(resolve(settings))
     return 0
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    from scheduler.worker import run_worker
+
+    topics = _split(args.topics) if args.topics else settings.job_topics
+    port = args.metrics_port if args.metrics_port is not None else settings.worker_metrics_port
+    with instrumented(settings, service="backend-worker"):
+        return uvloop.run(run_worker(resolve(settings), topics, port))
+
+
+def cmd_scheduler(settings: Settings, args: argparse.Namespace) -> int:
+    from scheduler.periodic import run_scheduler
+
+    port = args.metrics_port if args.metrics_port is not None else settings.scheduler_metrics_port
+    with instrumented(settings, service="backend-scheduler"):
+        return uvloop.run(run_scheduler(resolve(settings), port))
 
 
 def cmd_seed(settings: Settings, args: argparse.Namespace) -> int:
@@ -162,6 +188,10 @@ def resolve(settings: Settings) -> Settings:
 
 def workers(settings: Settings) -> int:
     return settings.workers or os.cpu_count() or 1
+
+
+def _split(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
 
 
 def redact(url: str) -> str:

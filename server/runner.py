@@ -80,10 +80,26 @@ def serve(settings: Settings, workers: int) -> int:
     return Supervisor(children, settings).run()
 
 
+def serve_everything(settings: Settings, workers: int) -> int:
+    """`backend up`: the API on `workers` processes, a worker for every topic, the scheduler.
+
+    Workers and the scheduler report on their own metrics ports, so they stay out of the API's
+    summed scrape (no double counting when Prometheus scrapes all of them)."""
+    command = [sys.executable, "-m", "server.cli"]
+    own_metrics = {"PROMETHEUS_MULTIPROC_DIR": None}
+    children = [Child(f"api-{i}", [*command, "serve", "--workers", "1"]) for i in range(workers)]
+    children += [
+        Child("worker", [*command, "worker"], own_metrics),
+        Child("scheduler", [*command, "scheduler"], own_metrics),
+    ]
+    return Supervisor(children, settings).run()
+
+
 @dataclass
 class Child:
     name: str
     argv: list[str]
+    env: dict[str, str | None] = field(default_factory=dict)  # None: leave the variable unset
     process: subprocess.Popen[bytes] | None = None
     started: float = 0.0
     quick_failures: int = 0
@@ -137,7 +153,8 @@ class Supervisor:
         return env
 
     def _spawn(self, child: Child, env: dict[str, str]) -> None:
-        child.process = subprocess.Popen(child.argv, env=env)  # noqa: S603 - our own program
+        merged = {key: value for key, value in {**env, **child.env}.items() if value is not None}
+        child.process = subprocess.Popen(child.argv, env=merged)  # noqa: S603 - our own program
         child.started = time.monotonic()
         log.info("child started", extra={"child": child.name, "pid": child.process.pid})
 

@@ -24,6 +24,8 @@ Record = asyncpg.Record
 #   from the locked rows and the total computed here. The products' CHECK (stock >= 0)
 #   stands behind all of this: no code path can take stock below zero.
 # * The answer carries what was found (`found`), so a refusal can say why without asking again.
+# * The order's follow-up job is asked for in the same statement, through the jobs' outbox
+#   (`job_outbox`, one narrow row): the relay makes it a job once this commits.
 PLACE: Final = """
 WITH wanted AS (
     SELECT * FROM unnest($2::bigint[], $3::integer[]) AS w (product_id, quantity)
@@ -56,6 +58,9 @@ WITH wanted AS (
 ), history AS (
     INSERT INTO order_status_history (order_id, status, changed_by)
     SELECT id, status, user_id FROM placed
+), follow_up AS (
+    INSERT INTO job_outbox (type, owner_id, params)
+    SELECT 'order_followup', user_id::text, jsonb_build_object('order_id', id) FROM placed
 )
 SELECT placed.*, verdict.currencies,
        (SELECT coalesce(json_agg(lines ORDER BY product_id), '[]') FROM lines) AS items,

@@ -31,6 +31,8 @@ PUBLIC_ROUTES = {
     ("POST", "/api/v1/auth/register"),
     ("POST", "/api/v1/auth/login"),
     ("POST", "/api/v1/auth/refresh"),
+    # Authenticates inside the socket: a bearer header on the upgrade, or the first message.
+    ("GET", "/api/v1/ws"),
     ("GET", "/api/v1/products"),
     ("GET", "/api/v1/products/{product_id}"),
     ("GET", "/api/v1/openapi.json"),
