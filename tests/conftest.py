@@ -114,6 +114,19 @@ async def fresh_database(services: ServiceUrls) -> AsyncIterator[ServiceUrls]:
             await admin.close()
 
 
+@pytest.fixture
+async def empty_database(services: ServiceUrls) -> AsyncIterator[str]:
+    """A new database with nothing in it, not even the migrations, dropped after the test."""
+    name = f"migrations_{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(services.database_url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield with_database(services.database_url, name)
+    finally:
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await admin.close()
+
+
 async def _can_connect(dsn: str) -> bool:
     try:
         conn = await asyncpg.connect(dsn)
