@@ -90,8 +90,11 @@ class Image(pydantic.BaseModel):
 
 @routes.put("/products/{product_id}/image", access="catalog:write")
 async def attach_image(request: web.Request, product_id: ProductId, body: Attach) -> Image:
-    """Show an uploaded image (any the caller may see) for a product; its thumbnail is made
-    by a `thumbnail` job owned by the caller (`thumbnail.job`)."""
+    """Show an uploaded image for a product; a job makes its thumbnail.
+
+    Any image the caller may see (staff: anyone's). The thumbnail is made by a `thumbnail` job
+    owned by the caller, in `thumbnail.job`: follow it at `GET /api/v1/jobs/{id}` or over
+    `/api/v1/ws` by its id. Attaching again (even the same file) submits a new job."""
     image = await request.app[ACTORS][PRODUCT_IMAGES].ask(
         AttachImage(principal_of(request), product_id, body.file_id)
     )
@@ -100,8 +103,10 @@ async def attach_image(request: web.Request, product_id: ProductId, body: Attach
 
 @routes.get("/products/{product_id}/image/status", access=PUBLIC)
 async def image_status(request: web.Request, product_id: ProductId) -> Image:
-    """A product's image and how its thumbnail is coming along; with a bearer token of the
-    job's owner or of staff, the thumbnail job itself and its error too."""
+    """A product's image and how its thumbnail is coming along.
+
+    Anyone sees the thumbnail's state; with a bearer token of the job's owner (who attached
+    the image) or of staff, also its job (`thumbnail.job`) and, when it failed, the error."""
     describe = DescribeImage(product_id, request.get(PRINCIPAL))
     return Image.of(await request.app[ACTORS][PRODUCT_IMAGES].ask(describe))
 
