@@ -29,6 +29,7 @@ from storage.embedded import EmbeddedServices, ServiceUrls
 from storage.migrations import migrate
 
 ROOT = Path(__file__).resolve().parent.parent
+pytest_plugins = ("tests.jobs_support",)  # job_settings, jobs_api, worker: for job modules
 os.environ.setdefault("ENV_FILE", str(ROOT / ".env.test"))
 
 

@@ -16,16 +16,15 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import WSMsgType
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from config import Settings
 from scheduler.model import JobEvent
-from server.app import create_app
 from server.live import LIVE
 from storage.embedded import ServiceUrls
 from tests.conftest import eventually, fresh_database, settings_for
 from tests.files_support import png, upload
-from tests.jobs_support import FAST, Jobs, env_for, job_queue
+from tests.jobs_support import FAST, Jobs, env_for
 from tests.people import Caller, sign_up
 from tests.processes import ROOT, free_port, wait_until_serving
 from tests.test_catalog import create
@@ -43,19 +42,6 @@ async def job_settings(base_settings: Settings, services: ServiceUrls) -> AsyncI
             ws_recheck_seconds=0.3,
             **FAST,
         )
-
-
-@pytest.fixture(scope="module")
-async def jobs_api(job_settings: Settings) -> AsyncIterator[TestClient]:
-    async with TestClient(TestServer(await create_app(job_settings))) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-async def worker(job_settings: Settings, tmp_path_factory) -> AsyncIterator[Jobs]:
-    async with job_queue(job_settings, tmp_path_factory.mktemp("workers")) as queue:
-        await queue.worker().start()
-        yield queue
 
 
 async def submit(api: TestClient, who: Caller, body: dict[str, Any], **headers: str) -> Any:

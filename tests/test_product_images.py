@@ -7,48 +7,23 @@ import io
 import json
 import secrets
 import shutil
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
 
 import asyncpg
-import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from PIL import Image
 
-from config import Settings
-from server.app import create_app
 from storage import accounts
-from storage.embedded import ServiceUrls
 from storage.migrations import MIGRATIONS_DIR, migrate
-from tests.conftest import eventually, fresh_database, settings_for
+from tests.conftest import eventually
 from tests.files_support import CSV, png, upload
-from tests.jobs_support import FAST, Jobs, job_queue
+from tests.jobs_support import Jobs
 from tests.people import Caller, new_email, sign_up
 from tests.test_jobs_api import job_events, receive
 
 GARBAGE_PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 100  # an image by its signature, not decodable
-
-
-@pytest.fixture(scope="module")
-async def image_settings(base_settings: Settings, services: ServiceUrls) -> AsyncIterator[Settings]:
-    # A database of their own: other tests' apps (other Redis namespaces) must not relay these.
-    async with fresh_database(services) as urls:
-        yield settings_for(urls, base_settings, **FAST)
-
-
-@pytest.fixture(scope="module")
-async def shop(image_settings: Settings) -> AsyncIterator[TestClient]:
-    async with TestClient(TestServer(await create_app(image_settings))) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-async def worker(image_settings: Settings, tmp_path_factory) -> AsyncIterator[Jobs]:
-    async with job_queue(image_settings, tmp_path_factory.mktemp("workers")) as queue:
-        await queue.worker().start()
-        yield queue
 
 
 async def new_product(client: TestClient, headers: dict[str, str]) -> int:
@@ -100,22 +75,22 @@ async def job_record(client: TestClient, job_id: str, who: Caller) -> Any:
 
 
 async def test_attaching_an_image_runs_a_thumbnail_job_its_attacher_and_staff_follow(
-    shop: TestClient, worker: Jobs
+    jobs_api: TestClient, worker: Jobs
 ) -> None:
     staff, colleague, customer = (
-        await sign_up(shop, "staff"),
-        await sign_up(shop, "staff"),
-        await sign_up(shop),
+        await sign_up(jobs_api, "staff"),
+        await sign_up(jobs_api, "staff"),
+        await sign_up(jobs_api),
     )
-    product = await new_product(shop, staff.headers)
+    product = await new_product(jobs_api, staff.headers)
     image = png(1000, 500)
-    file = await uploaded(shop, image, customer)  # staff attach any image they may see
+    file = await uploaded(jobs_api, image, customer)  # staff attach any image they may see
     url = f"/api/v1/products/{product}/image"
 
-    assert (await shop.put(url, json={"file_id": file["id"]})).status == 401
-    refused = await shop.put(url, json={"file_id": file["id"]}, headers=customer.headers)
+    assert (await jobs_api.put(url, json={"file_id": file["id"]})).status == 401
+    refused = await jobs_api.put(url, json={"file_id": file["id"]}, headers=customer.headers)
     assert refused.status == 403
-    attached = await shop.put(url, json={"file_id": file["id"]}, headers=staff.headers)
+    attached = await jobs_api.put(url, json={"file_id": file["id"]}, headers=staff.headers)
     body = await attached.json()
     assert attached.status == 200, body
     assert (body["url"], body["file_id"]) == (url, file["id"])
@@ -128,67 +103,68 @@ async def test_attaching_an_image_runs_a_thumbnail_job_its_attacher_and_staff_fo
         "job": None,
     }
 
-    async with shop.ws_connect("/api/v1/ws", headers=staff.headers) as ws:  # followed by its id
+    async with jobs_api.ws_connect("/api/v1/ws", headers=staff.headers) as ws:  # followed by its id
         assert (await receive(ws))["type"] == "ready"
         await ws.send_json({"op": "subscribe", "jobs": [job["id"]], "since": 0})
         assert (await receive(ws))["type"] == "subscribed"
         events = await job_events(ws, job["id"])
     assert [e["state"] for e in events] == ["queued", "running", "succeeded"]
 
-    done = await settled(shop, product, staff)
+    done = await settled(jobs_api, product, staff)
     assert done["thumbnail"]["state"] == "succeeded"
     assert done["thumbnail"]["url"] == f"{url}/thumbnail"
-    code, record = await job_record(shop, job["id"], staff)
+    code, record = await job_record(jobs_api, job["id"], staff)
     assert code == 200
     assert done["thumbnail"]["job"] == record  # the status is the job's record
     assert (record["state"], record["attempts"], record["progress"]) == ("succeeded", 1, 100)
-    assert (await status(shop, product, colleague))["thumbnail"]["job"] == record  # staff: all
+    assert (await status(jobs_api, product, colleague))["thumbnail"]["job"] == record  # staff: all
     assert (await worker.job(UUID(job["id"])))["owner_id"] == str(staff.id)
 
-    thumb = await shop.get(f"{url}/thumbnail")  # anonymous: the catalog is public
+    thumb = await jobs_api.get(f"{url}/thumbnail")  # anonymous: the catalog is public
     assert thumb.status == 200
     assert thumb.headers["Content-Type"] == "image/webp"
     with Image.open(io.BytesIO(await thumb.read())) as picture:
         assert picture.size == (320, 160)
-    got = await shop.get(url)
+    got = await jobs_api.get(url)
     assert (got.status, await got.read()) == (200, image)
     assert got.headers["ETag"] == f'"{file["sha256"]}"'
 
     # The uploader is not the job's owner: the job does not exist for them, nor for anyone
     # anonymous; they see the thumbnail's state only.
     for who in (customer, None):
-        public = await status(shop, product, who)
+        public = await status(jobs_api, product, who)
         assert public["thumbnail"] == {
             "state": "succeeded",
             "error": None,
             "url": f"{url}/thumbnail",
             "job": None,
         }
-    assert (await job_record(shop, job["id"], customer))[0] == 404
-    async with shop.ws_connect("/api/v1/ws", headers=customer.headers) as ws:
+    assert (await job_record(jobs_api, job["id"], customer))[0] == 404
+    async with jobs_api.ws_connect("/api/v1/ws", headers=customer.headers) as ws:
         await receive(ws)
         await ws.send_json({"op": "subscribe", "jobs": [job["id"]]})
         assert "no such job" in (await receive(ws))["detail"]
 
-    assert (await shop.delete(url, headers=staff.headers)).status == 204
-    assert (await shop.get(url)).status == 404
-    assert (await shop.get(f"/api/v1/files/{file['id']}", headers=customer.headers)).status == 200
+    assert (await jobs_api.delete(url, headers=staff.headers)).status == 204
+    assert (await jobs_api.get(url)).status == 404
+    kept = await jobs_api.get(f"/api/v1/files/{file['id']}", headers=customer.headers)
+    assert kept.status == 200
 
 
 async def test_an_image_that_cannot_be_decoded_fails_its_job_then_another_is_attached(
-    shop: TestClient, worker: Jobs
+    jobs_api: TestClient, worker: Jobs
 ) -> None:
-    staff = await sign_up(shop, "staff")
-    product = await new_product(shop, staff.headers)
+    staff = await sign_up(jobs_api, "staff")
+    product = await new_product(jobs_api, staff.headers)
     url = f"/api/v1/products/{product}/image"
-    broken = await uploaded(shop, GARBAGE_PNG, staff)
+    broken = await uploaded(jobs_api, GARBAGE_PNG, staff)
     assert broken["content_type"] == "image/png"
 
-    first = await shop.put(url, json={"file_id": broken["id"]}, headers=staff.headers)
+    first = await jobs_api.put(url, json={"file_id": broken["id"]}, headers=staff.headers)
     assert first.status == 200
     job_id = (await first.json())["thumbnail"]["job"]["id"]
-    failed = await settled(shop, product, staff)
-    _, record = await job_record(shop, job_id, staff)
+    failed = await settled(jobs_api, product, staff)
+    _, record = await job_record(jobs_api, job_id, staff)
     assert (record["state"], record["attempts"]) == ("failed", 1)  # not retried: it cannot pass
     assert record["error"] == (
         "PermanentFailure: the image cannot be decoded: its data is not a readable image"
@@ -199,59 +175,59 @@ async def test_an_image_that_cannot_be_decoded_fails_its_job_then_another_is_att
         "url": None,
         "job": record,
     }
-    public = await status(shop, product)
+    public = await status(jobs_api, product)
     assert (public["thumbnail"]["state"], public["thumbnail"]["error"]) == ("failed", None)
-    assert (await shop.get(f"{url}/thumbnail")).status == 404
+    assert (await jobs_api.get(f"{url}/thumbnail")).status == 404
 
-    fixed = await uploaded(shop, png(300, 600), staff)  # attaching again is the way to retry
-    second = await shop.put(url, json={"file_id": fixed["id"]}, headers=staff.headers)
+    fixed = await uploaded(jobs_api, png(300, 600), staff)  # attaching again is the way to retry
+    second = await jobs_api.put(url, json={"file_id": fixed["id"]}, headers=staff.headers)
     again = (await second.json())["thumbnail"]["job"]["id"]
     assert again != job_id
-    done = await settled(shop, product, staff)
+    done = await settled(jobs_api, product, staff)
     assert (done["file_id"], done["thumbnail"]["job"]["id"]) == (fixed["id"], again)
     assert done["thumbnail"]["state"] == "succeeded"
-    with Image.open(io.BytesIO(await (await shop.get(f"{url}/thumbnail")).read())) as picture:
+    with Image.open(io.BytesIO(await (await jobs_api.get(f"{url}/thumbnail")).read())) as picture:
         assert picture.size == (160, 320)
 
 
 async def test_only_images_and_live_products_and_no_job_for_a_refusal(
-    shop: TestClient, worker: Jobs
+    jobs_api: TestClient, worker: Jobs
 ) -> None:
-    staff = await sign_up(shop, "staff")
-    product = await new_product(shop, staff.headers)
+    staff = await sign_up(jobs_api, "staff")
+    product = await new_product(jobs_api, staff.headers)
     url = f"/api/v1/products/{product}/image"
-    table = await (await upload(shop, CSV, filename="a.csv", headers=staff.headers)).json()
-    picture = await uploaded(shop, png(), staff)
+    table = await (await upload(jobs_api, CSV, filename="a.csv", headers=staff.headers)).json()
+    picture = await uploaded(jobs_api, png(), staff)
 
-    not_image = await shop.put(url, json={"file_id": table["id"]}, headers=staff.headers)
+    not_image = await jobs_api.put(url, json={"file_id": table["id"]}, headers=staff.headers)
     assert not_image.status == 415
-    missing = await shop.put(
+    missing = await jobs_api.put(
         "/api/v1/products/999999999/image", json={"file_id": picture["id"]}, headers=staff.headers
     )
     assert missing.status == 404
-    unknown = await shop.put(url, json={"file_id": str(uuid4())}, headers=staff.headers)
+    unknown = await jobs_api.put(url, json={"file_id": str(uuid4())}, headers=staff.headers)
     assert unknown.status == 404
     assert unknown.content_type == "application/problem+json"
-    assert (await shop.get(url)).status == 404
-    assert (await shop.get(f"{url}/thumbnail")).status == 404
-    assert (await shop.get(f"{url}/status")).status == 404
+    assert (await jobs_api.get(url)).status == 404
+    assert (await jobs_api.get(f"{url}/thumbnail")).status == 404
+    assert (await jobs_api.get(f"{url}/status")).status == 404
     async with worker.db.primary() as conn:
         jobs = await conn.fetchval("SELECT count(*) FROM jobs WHERE owner_id = $1", str(staff.id))
     assert jobs == 0
 
 
 async def test_a_thumbnail_job_acts_with_its_owners_roles_when_it_runs(
-    shop: TestClient, worker: Jobs
+    jobs_api: TestClient, worker: Jobs
 ) -> None:
     """The files' rule, judged when the job runs: a customer's job cannot reach another's file,
     staff's can, and not once the staff member has lost the role."""
-    owner, customer = await sign_up(shop), await sign_up(shop)
-    staff, demoted = await sign_up(shop, "staff"), await sign_up(shop, "staff")
-    picture = await uploaded(shop, png(), owner)
+    owner, customer = await sign_up(jobs_api), await sign_up(jobs_api)
+    staff, demoted = await sign_up(jobs_api, "staff"), await sign_up(jobs_api, "staff")
+    picture = await uploaded(jobs_api, png(), owner)
     body = {"type": "thumbnail", "params": {"file_id": picture["id"]}}
 
     async def submit(who: Caller, **extra: Any) -> UUID:
-        response = await shop.post("/api/v1/jobs", json=body | extra, headers=who.headers)
+        response = await jobs_api.post("/api/v1/jobs", json=body | extra, headers=who.headers)
         assert response.status == 202, await response.text()
         return UUID((await response.json())["id"])
 
