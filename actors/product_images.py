@@ -163,6 +163,7 @@ class ProductImages(Actor):
             if row["thumbnail_job"] is not None:
                 job_row = await jobs_sql.get_job(conn, row["thumbnail_job"])
         job = None if job_row is None else Job.from_record(job_row)
+        state: ThumbnailState
         if job is not None:
             state = THUMBNAIL_STATES[job.state]
         else:  # no record left: the thumbnail file tells

@@ -43,6 +43,13 @@ async def new_product(client: TestClient, headers: dict[str, str]) -> int:
     return (await response.json())["id"]
 
 
+async def staffed_product(client: TestClient) -> tuple[Caller, int, str]:
+    """A staff member, a new product, and the URL of its image."""
+    staff = await sign_up(client, "staff")
+    product = await new_product(client, staff.headers)
+    return staff, product, f"/api/v1/products/{product}/image"
+
+
 async def uploaded(client: TestClient, data: bytes, who: Caller) -> dict[str, Any]:
     response = await upload(client, data, filename="print.png", headers=who.headers)
     assert response.status == 201, await response.text()
@@ -154,9 +161,7 @@ async def test_attaching_an_image_runs_a_thumbnail_job_its_attacher_and_staff_fo
 async def test_an_image_that_cannot_be_decoded_fails_its_job_then_another_is_attached(
     jobs_api: TestClient, worker: Jobs
 ) -> None:
-    staff = await sign_up(jobs_api, "staff")
-    product = await new_product(jobs_api, staff.headers)
-    url = f"/api/v1/products/{product}/image"
+    staff, product, url = await staffed_product(jobs_api)
     broken = await uploaded(jobs_api, GARBAGE_PNG, staff)
     assert broken["content_type"] == "image/png"
 
@@ -193,9 +198,7 @@ async def test_an_image_that_cannot_be_decoded_fails_its_job_then_another_is_att
 async def test_only_images_and_live_products_and_no_job_for_a_refusal(
     jobs_api: TestClient, worker: Jobs
 ) -> None:
-    staff = await sign_up(jobs_api, "staff")
-    product = await new_product(jobs_api, staff.headers)
-    url = f"/api/v1/products/{product}/image"
+    staff, _, url = await staffed_product(jobs_api)
     table = await (await upload(jobs_api, CSV, filename="a.csv", headers=staff.headers)).json()
     picture = await uploaded(jobs_api, png(), staff)
 
