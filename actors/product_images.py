@@ -22,6 +22,7 @@ from uuid import UUID
 
 from asyncpg import Record
 
+from actors import pools
 from actors.errors import NotFound, UnsupportedType
 from actors.files import FileInfo, Files, FindFile
 from actors.filetypes import IMAGE_TYPES
@@ -165,15 +166,7 @@ class ProductImages(Actor):
         s = self.settings
         try:
             self.db = await self._resources.enter_async_context(
-                Database.open(
-                    s.primary_dsn,
-                    s.replica_dsns,
-                    self.replicas,
-                    name="product-images",
-                    size=max(2, s.db_pool_size // 2),
-                    connect_timeout=s.db_connect_timeout,
-                    command_timeout=s.db_command_timeout,
-                )
+                pools.database(s, self.replicas, "product-images", size=max(2, s.db_pool_size // 2))
             )
             store = await self._resources.enter_async_context(open_store(s))
         except BaseException:
