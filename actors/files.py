@@ -34,6 +34,7 @@ from uuid import UUID, uuid4
 
 from asyncpg import Record
 
+from actors import pools
 from actors.access import STAFF_AND_ADMIN
 from actors.errors import (
     Busy,
@@ -188,15 +189,7 @@ class Files(Actor):
     async def on_start(self) -> None:
         s = self.settings
         self.db = await self._resources.enter_async_context(
-            Database.open(
-                s.primary_dsn,
-                s.replica_dsns,
-                self.replicas,
-                name="files",
-                size=s.db_pool_size,
-                connect_timeout=s.db_connect_timeout,
-                command_timeout=s.db_command_timeout,
-            )
+            pools.database(s, self.replicas, "files")
         )
         try:
             self.store = await self._resources.enter_async_context(open_store(s))

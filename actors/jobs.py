@@ -23,6 +23,7 @@ from uuid import UUID
 import orjson
 from asyncpg import Record
 
+from actors import pools
 from actors.access import permits
 from actors.errors import Conflict, FieldError, InvalidInput, NotFound, PermissionDenied
 from actors.identity import Principal
@@ -31,15 +32,15 @@ from actors.system import ActorKey
 from config import Settings
 from observability import tracing
 from scheduler import registry
-from scheduler.batching import Batcher
 from scheduler.broker import JobBroker, JobKeys
 from scheduler.dispatch import Dispatcher
 from scheduler.events import Publisher
 from scheduler.model import REPLAYABLE, Change, Job, JobEvent, JobState
 from scheduler.records import Records
 from storage import jobs
+from storage.batching import GroupCommit
 from storage.jobs import NewJob
-from storage.postgres import Connection, Database, ReplicaSet
+from storage.postgres import Connection, ReplicaSet
 from storage.redis import open_redis
 
 REPLAY_LIMIT = 1000
@@ -145,17 +146,7 @@ class JobsActor(Actor):
     async def on_start(self) -> None:
         s = self.settings
         registry.load(s.job_modules)
-        self.db = await self._stack.enter_async_context(
-            Database.open(
-                s.primary_dsn,
-                s.replica_dsns,
-                self.replicas,
-                name="jobs",
-                size=s.db_pool_size,
-                connect_timeout=s.db_connect_timeout,
-                command_timeout=s.db_command_timeout,
-            )
-        )
+        self.db = await self._stack.enter_async_context(pools.database(s, self.replicas, "jobs"))
         self.redis = await self._stack.enter_async_context(
             open_redis(s.redis_dsn, name="jobs", size=s.redis_pool_size)
         )
@@ -167,7 +158,7 @@ class JobsActor(Actor):
             self.broker,
             s.job_max_attempts,
         )
-        self._submissions: Batcher[NewJob, Record | None] = Batcher(
+        self._submissions: GroupCommit[NewJob, Record | None] = GroupCommit(
             self._submit_many, name="submit"
         )
         self._relay = asyncio.create_task(

@@ -28,6 +28,7 @@ from uuid import UUID
 
 from asyncpg import Record
 
+from actors import pools
 from actors.errors import NotFound, UnsupportedType
 from actors.files import FileInfo, Files, FindFile
 from actors.filetypes import IMAGE_TYPES
@@ -116,15 +117,7 @@ class ProductImages(Actor):
     async def on_start(self) -> None:
         s = self.settings
         self.db = await self._resources.enter_async_context(
-            Database.open(
-                s.primary_dsn,
-                s.replica_dsns,
-                self.replicas,
-                name="product-images",
-                size=max(2, s.db_pool_size // 2),
-                connect_timeout=s.db_connect_timeout,
-                command_timeout=s.db_command_timeout,
-            )
+            pools.database(s, self.replicas, "product-images", size=max(2, s.db_pool_size // 2))
         )
 
     async def on_stop(self) -> None:

@@ -207,7 +207,14 @@ class ActorRef(Generic[A]):
             self._refuse_queued()
         self._workers.clear()
         if self._actor is not None:
-            await self._actor.on_stop()
+            # Shutdown has a deadline: a resource that hangs while closing must not hold it.
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._actor.on_stop()
+            except TimeoutError:
+                log.error(
+                    "actor on_stop timed out; resources abandoned", extra={"actor": self.name}
+                )
             self._actor = None
         log.info("actor stopped", extra={"actor": self.name})
 

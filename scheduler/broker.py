@@ -35,7 +35,7 @@ from taskiq.serializers import ORJSONSerializer
 from taskiq_redis import RedisStreamBroker
 
 from observability import metrics
-from scheduler.batching import Batcher
+from storage.batching import GroupCommit
 from storage.redis import Keys
 
 log = logging.getLogger("backend.jobs")
@@ -153,7 +153,7 @@ class JobBroker(RedisStreamBroker):
         # One client over the pool: building a client per command (as taskiq-redis does) costs
         # more than the command itself.
         self.redis = Redis(connection_pool=self.connection_pool)
-        self.acks: Batcher[tuple[str, bytes], None] = Batcher(self._ack_many, name="ack")
+        self.acks: GroupCommit[tuple[str, bytes], None] = GroupCommit(self._ack_many, name="ack")
         self._renew = self.redis.register_script(_RENEW)
         self._move_due = self.redis.register_script(_MOVE_DUE)
         self.in_flight: dict[tuple[str, bytes], Delivery] = {}

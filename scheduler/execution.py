@@ -32,7 +32,6 @@ from asyncpg import Record
 from actors.errors import InvalidInput
 from config import Settings
 from observability import metrics, tracing
-from scheduler.batching import Batcher
 from scheduler.broker import Delivery, JobBroker
 from scheduler.context import JobContext, Resources
 from scheduler.model import Change, JobState
@@ -40,6 +39,7 @@ from scheduler.records import Records
 from scheduler.registry import REGISTRY, JobType, PermanentFailure
 from scheduler.tracing import job_span
 from storage import jobs
+from storage.batching import GroupCommit
 from storage.jobs import Outcome
 from storage.postgres import Connection
 
@@ -82,9 +82,9 @@ class JobRunner:
         self.worker = worker
         self.runs: dict[UUID, Run] = {}
         self.active: set[asyncio.Task[Any]] = set()  # deliveries being handled
-        self._claims: Batcher[UUID, Record | None] = Batcher(self._claim_many, name="claim")
-        self._outcomes: Batcher[Outcome, bool] = Batcher(self._finish_many, name="finish")
-        self._progress: Batcher[tuple[UUID, int, int, str | None], None] = Batcher(
+        self._claims: GroupCommit[UUID, Record | None] = GroupCommit(self._claim_many, name="claim")
+        self._outcomes: GroupCommit[Outcome, bool] = GroupCommit(self._finish_many, name="finish")
+        self._progress: GroupCommit[tuple[UUID, int, int, str | None], None] = GroupCommit(
             self._progress_many, name="progress"
         )
 

@@ -27,7 +27,7 @@ import orjson
 from redis.asyncio import Redis
 from taskiq.receiver import Receiver
 
-from actors import ActorSystem
+from actors import ActorSystem, pools
 from actors.health import HEALTH, HealthMonitor
 from config import ConfigError, Settings
 from observability.exporter import serve_metrics
@@ -39,7 +39,7 @@ from scheduler.execution import JobRunner
 from scheduler.records import Records
 from scheduler.tracing import LabelsMiddleware
 from storage.filestore import open_store
-from storage.postgres import Database, ReplicaSet
+from storage.postgres import ReplicaSet
 from storage.redis import open_redis
 
 log = logging.getLogger("backend.jobs")
@@ -174,14 +174,11 @@ async def run_worker(settings: Settings, topics: list[str], metrics_port: int | 
         system = await stack.enter_async_context(ActorSystem(stop_timeout=CLOSE_TIMEOUT))
         await system.spawn(HEALTH, lambda: HealthMonitor(settings, replicas))
         db = await stack.enter_async_context(
-            Database.open(
-                settings.primary_dsn,
-                settings.replica_dsns,
+            pools.database(
+                settings,
                 replicas,
-                name="worker",
-                size=settings.db_pool_size,
-                connect_timeout=settings.db_connect_timeout,
-                command_timeout=None,  # report queries stream for as long as they need
+                "worker",
+                command_timeout=None,  # reports stream as long as needed
             )
         )
         redis = await stack.enter_async_context(

@@ -10,6 +10,7 @@ missed; a failure calls `on_lost` and retries with backoff.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -18,6 +19,7 @@ from redis.asyncio import Redis
 log = logging.getLogger("backend.broadcast")
 
 MAX_BACKOFF = 5.0
+CLOSE_TIMEOUT = 2.0
 
 
 async def follow(
@@ -51,4 +53,7 @@ async def follow(
             await asyncio.sleep(delay)
             delay = min(MAX_BACKOFF, delay * 2)
         finally:
-            await pubsub.aclose()
+            # Bounded: after the server went away, closing can wait on a dead connection.
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(CLOSE_TIMEOUT):
+                    await pubsub.aclose()

@@ -1,7 +1,7 @@
 """Job records and their event log: plain parameterised SQL, each function taking the connection.
 
 Functions that take lists work on many jobs in one statement: the jobs actor and the workers
-batch concurrent work (see `scheduler.batching`), which is how a few processes sustain
+batch concurrent work (see `storage.batching.GroupCommit`), which is how a few processes sustain
 thousands of state changes a second with durable records.
 """
 

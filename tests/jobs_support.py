@@ -79,9 +79,12 @@ class Process:
             )
 
         async def started() -> bool:
+            output = self.log.read_text()
+            if self.ready in output:  # then it may exit at once: a poison job kills it
+                return True
             if self.process is not None and self.process.returncode is not None:
-                raise RuntimeError(f"exited: {self.log.read_text()[-3000:]}")
-            return self.ready in self.log.read_text()
+                raise RuntimeError(f"exited: {output[-3000:]}")
+            return False
 
         await eventually(started, timeout=30)
         return self

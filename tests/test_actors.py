@@ -326,3 +326,16 @@ async def test_system_starts_in_order_and_stops_in_reverse() -> None:
         "catalog:stop",
         "storage:stop",
     ]
+
+
+async def test_a_hanging_on_stop_cannot_hold_up_shutdown() -> None:
+    class Stuck(Probe):
+        async def on_stop(self) -> None:
+            await asyncio.Event().wait()
+
+    ref = ActorRef(lambda: Stuck(Journal()), name="stuck")
+    await ref.start()
+    async with asyncio.timeout(5):
+        await ref.stop(timeout=0.1)
+    with pytest.raises(ActorStopped):
+        await ref.ask(Echo("late"))
