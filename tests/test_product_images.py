@@ -115,7 +115,7 @@ async def test_attaching_an_image_runs_a_thumbnail_job_its_attacher_and_staff_fo
         await ws.send_json({"op": "subscribe", "jobs": [job["id"]], "since": 0})
         assert (await receive(ws))["type"] == "subscribed"
         events = await job_events(ws, job["id"])
-    assert [e["state"] for e in events] == ["queued", "running", "succeeded"]
+    assert [e["state"] for e in events] == ["queued", "running", "succeeded"], events
 
     done = await settled(jobs_api, product, staff)
     assert done["thumbnail"]["state"] == "succeeded"
