@@ -51,6 +51,11 @@ def is_staff(principal: Principal) -> bool:
     return permits(principal.roles, "jobs:manage")
 
 
+def may_see_job(principal: Principal, owner_id: str | None) -> bool:
+    """A job is its owner's and staff's; to anyone else it does not exist."""
+    return is_staff(principal) or owner_id == principal.user_id
+
+
 def may_submit(principal: Principal, permission: str | None) -> bool:
     """A job type names the permission its submitters need; None: only the system submits it."""
     return permission is not None and permits(principal.roles, permission)
@@ -221,7 +226,7 @@ class JobsActor(Actor):
         # Read from the primary: a client polls right after submitting, before replicas catch up.
         async with self.db.primary() as conn:
             row = await jobs.get_job(conn, job_id)
-        if row is None or not _may_see(principal, row["owner_id"]):
+        if row is None or not may_see_job(principal, row["owner_id"]):
             raise NotFound("no such job")
         return Job.from_record(row)
 
@@ -265,7 +270,7 @@ class JobsActor(Actor):
             rows = await conn.fetch(
                 "SELECT id, owner_id FROM jobs WHERE id = ANY($1::uuid[])", list(message.job_ids)
             )
-        return frozenset(r["id"] for r in rows if _may_see(message.principal, r["owner_id"]))
+        return frozenset(r["id"] for r in rows if may_see_job(message.principal, r["owner_id"]))
 
     # -- changing ---------------------------------------------------------------------------
 
@@ -318,10 +323,6 @@ class JobsActor(Actor):
             )
         await self.dispatcher.dispatch([row["id"]])
         return Job.from_record(row)
-
-
-def _may_see(principal: Principal, owner_id: str | None) -> bool:
-    return is_staff(principal) or owner_id == principal.user_id
 
 
 def _request_hash(job_type: str, params: dict[str, Any], delay: float | None) -> str:

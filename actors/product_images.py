@@ -1,20 +1,26 @@
 """Product images: staff attach an uploaded image to a product; anyone may fetch it and its
-thumbnail. The thumbnail is made by a job (`actors.thumbnails.make_thumbnail`).
+thumbnail.
 
-Until the jobs queue takes thumbnail jobs, they run here, in the process that accepted the
-image, reported through the image's `thumbnail` state: `queued` -> `running` -> `succeeded`
-or `failed` (with the error). A failure that may pass (the store or the database briefly
-unavailable) is retried with exponential backoff; an image that cannot be decoded fails at
-once. Jobs interrupted by a stop are taken up again at the next start (they are idempotent).
-Moving them to the queue replaces `ThumbnailJobs.submit` and `resume` with an enqueue.
+The thumbnail is made by a `thumbnail` job on the jobs queue (`scheduler/tasks/thumbnail.py`),
+submitted through the jobs actor as `POST /api/v1/jobs` submits one, and owned by the staff
+member who attached the image: its record, retries with backoff, redelivery after a crash,
+dead-lettering and live events are the job system's. The image row keeps the job's id, and
+the image's status is read from the job's record.
+
+Attaching checks the caller's access to the file first (the files actor: their own files,
+staff any), then that the product is live, submits the job, and only then writes the row
+with the job's id: a row never names a job that was not submitted. A failure in between
+leaves at most a job that makes the thumbnail of a file its owner may see, which is harmless
+(the thumbnail goes with the file), and the client's retry attaches again. Attaching again,
+even the same file, submits a new job (the way to try again after a failure): the one before
+finds the thumbnail made, or makes it, without harm.
+
+The job is its owner's and staff's (the jobs' own rule): the public status tells anyone the
+thumbnail's state; the job itself, and the error (which may name internals), only them.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
-import logging
-import random
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Literal
@@ -27,19 +33,31 @@ from actors.errors import NotFound, UnsupportedType
 from actors.files import FileInfo, Files, FindFile
 from actors.filetypes import IMAGE_TYPES
 from actors.identity import Principal
+from actors.jobs import JobsActor, SubmitJob, may_see_job
 from actors.runtime import Actor, ActorRef, Message, handler
 from actors.system import ActorKey
-from actors.thumbnails import ThumbnailFailed, make_thumbnail
 from config import Settings
-from observability import metrics
+from scheduler.model import Job, JobState
+from scheduler.tasks.thumbnail import THUMBNAIL
+from storage import catalog as catalog_sql
 from storage import files as files_sql
+from storage import jobs as jobs_sql
 from storage import product_images as images_sql
-from storage.filestore import FileStore, open_store
 from storage.postgres import Database, ReplicaSet
 
-log = logging.getLogger("backend.files")
-
 Variant = Literal["image", "thumbnail"]
+ThumbnailState = Literal["queued", "running", "succeeded", "failed"]
+
+# The thumbnail's state as it always read, from its job's: a retry is still on its way.
+THUMBNAIL_STATES: dict[JobState, ThumbnailState] = {
+    JobState.QUEUED: "queued",
+    JobState.RUNNING: "running",
+    JobState.RETRYING: "running",
+    JobState.SUCCEEDED: "succeeded",
+    JobState.FAILED: "failed",
+    JobState.DEAD: "failed",
+    JobState.CANCELLED: "failed",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,8 +65,10 @@ class ProductImage:
     product_id: int
     file_id: UUID
     content_type: str
-    thumbnail_state: str
-    thumbnail_error: str | None
+    thumbnail: ThumbnailState
+    # The job making the thumbnail, for those who may see it; None for anyone else, and once
+    # its record is gone (deleted after its retention, or made before thumbnails were jobs).
+    job: Job | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +81,7 @@ class AttachImage(Message[ProductImage]):
 @dataclass(frozen=True, slots=True)
 class DescribeImage(Message[ProductImage]):
     product_id: int
+    principal: Principal | None  # None: an anonymous caller
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,107 +97,30 @@ class DetachImage(Message[None]):
     product_id: int
 
 
-class ThumbnailJobs:
-    """Thumbnail jobs run in this process, at most `concurrency` at once."""
+class ProductImages(Actor):
+    """Owns its database pools; asks the files actor for access and the jobs actor for jobs."""
 
     def __init__(
         self,
-        db: Database,
-        store: FileStore,
         settings: Settings,
-        *,
-        attempts: int = 4,
-        backoff: float = 0.5,
-        concurrency: int = 2,
+        replicas: ReplicaSet,
+        files: ActorRef[Files],
+        jobs: ActorRef[JobsActor],
     ) -> None:
-        self.db = db
-        self.store = store
-        self.settings = settings
-        self.attempts = attempts
-        self.backoff = backoff
-        self._slots = asyncio.Semaphore(concurrency)
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    def submit(self, product_id: int, file_id: UUID) -> None:
-        # A context of its own: the job outlives the request that asked for it.
-        task = asyncio.create_task(
-            self._run(product_id, file_id), name="thumbnail", context=contextvars.Context()
-        )
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def resume(self) -> None:
-        async with self.db.primary() as conn:
-            rows = await images_sql.unfinished(conn)
-        for row in rows:
-            self.submit(row["product_id"], row["file_id"])
-
-    async def idle(self) -> None:
-        """Wait until no job is running (for tests and orderly stops)."""
-        while self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()  # left `running`: taken up again at the next start
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    async def _run(self, product_id: int, file_id: UUID) -> None:
-        async with self._slots:
-            await self._state(product_id, file_id, "running")
-            for attempt in range(1, self.attempts + 1):
-                try:
-                    await make_thumbnail(self.db, self.store, self.settings, file_id)
-                except ThumbnailFailed as error:
-                    await self._finish(product_id, file_id, "failed", str(error))
-                    return
-                except Exception as error:
-                    log.warning("thumbnail attempt %d failed: %r", attempt, error)
-                    if attempt == self.attempts:
-                        await self._finish(product_id, file_id, "failed", "gave up after retries")
-                        return
-                    delay = self.backoff * 2 ** (attempt - 1)
-                    await asyncio.sleep(delay * random.uniform(0.5, 1.5))
-                else:
-                    await self._finish(product_id, file_id, "succeeded", None)
-                    return
-
-    async def _finish(self, product_id: int, file_id: UUID, state: str, error: str | None) -> None:
-        metrics.FILES_THUMBNAILS.labels(state).inc()
-        await self._state(product_id, file_id, state, error)
-
-    async def _state(
-        self, product_id: int, file_id: UUID, state: str, error: str | None = None
-    ) -> None:
-        await self.db.write(images_sql.set_thumbnail_state, product_id, file_id, state, error)
-
-
-class ProductImages(Actor):
-    """Owns its database pools and a file store, and the in-process thumbnail jobs."""
-
-    def __init__(self, settings: Settings, replicas: ReplicaSet, files: ActorRef[Files]) -> None:
         self.settings = settings
         self.replicas = replicas
         self.files = files
+        self.jobs = jobs
         self.db: Database
-        self.jobs: ThumbnailJobs
         self._resources = AsyncExitStack()
 
     async def on_start(self) -> None:
         s = self.settings
-        try:
-            self.db = await self._resources.enter_async_context(
-                pools.database(s, self.replicas, "product-images", size=max(2, s.db_pool_size // 2))
-            )
-            store = await self._resources.enter_async_context(open_store(s))
-        except BaseException:
-            await self._resources.aclose()
-            raise
-        self.jobs = ThumbnailJobs(self.db, store, s)
-        await self.jobs.resume()
+        self.db = await self._resources.enter_async_context(
+            pools.database(s, self.replicas, "product-images", size=max(2, s.db_pool_size // 2))
+        )
 
     async def on_stop(self) -> None:
-        await self.jobs.close()
         await self._resources.aclose()
 
     @handler
@@ -184,22 +128,44 @@ class ProductImages(Actor):
         file = await self.files.ask(FindFile(message.principal, message.file_id))
         if file.content_type not in IMAGE_TYPES:
             raise UnsupportedType(f"a product image must be an image, not {file.content_type}")
-        row = await self.db.write(
-            images_sql.attach, message.product_id, file.id, message.principal.user_id
+        # The primary: a product created a moment ago must be found.
+        async with self.db.primary() as conn:
+            if await catalog_sql.product(conn, message.product_id) is None:
+                raise NotFound("no such product")
+        submitted = await self.jobs.ask(
+            SubmitJob(message.principal, THUMBNAIL, {"file_id": str(file.id)})
         )
-        if row is None:
+        job = submitted.job
+        row = await self.db.write(
+            images_sql.attach, message.product_id, file.id, message.principal.user_id, job.id
+        )
+        if row is None:  # deleted meanwhile
             raise NotFound("no such product")
-        self.jobs.submit(message.product_id, file.id)
-        return _image(row, file.content_type)
+        return ProductImage(
+            row["product_id"], file.id, file.content_type, THUMBNAIL_STATES[job.state], job
+        )
 
     @handler
     async def describe(self, message: DescribeImage) -> ProductImage:
-        row = await self._image_row(message.product_id)
+        # The primary: an image attached, or a job finished, a moment ago must be seen.
         async with self.db.primary() as conn:
-            file = await files_sql.get(conn, row["file_id"])
-        if file is None:
-            raise NotFound("this product has no image")
-        return _image(row, file["content_type"])
+            row = await images_sql.describe(conn, message.product_id)
+            if row is None:
+                raise NotFound("this product has no image")
+            job_row = None
+            if row["thumbnail_job"] is not None:
+                job_row = await jobs_sql.get_job(conn, row["thumbnail_job"])
+        job = None if job_row is None else Job.from_record(job_row)
+        state: ThumbnailState
+        if job is not None:
+            state = THUMBNAIL_STATES[job.state]
+        else:  # no record left: the thumbnail file tells
+            state = "succeeded" if row["thumbnail_made"] else "failed"
+        caller = message.principal
+        visible = job is not None and caller is not None and may_see_job(caller, job.owner_id)
+        return ProductImage(
+            row["product_id"], row["file_id"], row["content_type"], state, job if visible else None
+        )
 
     @handler
     async def image_file(self, message: ImageFile) -> FileInfo:
@@ -225,16 +191,6 @@ class ProductImages(Actor):
         if row is None:
             raise NotFound("this product has no image")
         return row
-
-
-def _image(row: Record, content_type: str) -> ProductImage:
-    return ProductImage(
-        product_id=row["product_id"],
-        file_id=row["file_id"],
-        content_type=content_type,
-        thumbnail_state=row["thumbnail_state"],
-        thumbnail_error=row["thumbnail_error"],
-    )
 
 
 PRODUCT_IMAGES = ActorKey[ProductImages]("product-images")

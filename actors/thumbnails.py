@@ -58,7 +58,11 @@ def render(data: bytes, *, longest: int, max_pixels: int) -> bytes:
                 out = io.BytesIO()
                 frame.save(out, "WEBP", quality=WEBP_QUALITY, method=4)
                 return out.getvalue()
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError) as error:
+    except UnidentifiedImageError as error:  # its message names a Python object: say it plainly
+        raise ThumbnailFailed(
+            "the image cannot be decoded: its data is not a readable image"
+        ) from error
+    except (Image.DecompressionBombError, OSError, SyntaxError) as error:
         raise ThumbnailFailed(f"the image cannot be decoded: {error}") from error
 
 

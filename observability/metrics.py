@@ -467,9 +467,6 @@ FILES_MISSING_OBJECTS = Counter(
     "files_missing_objects_total",
     "Files whose record exists but whose object is missing from the store (answered 404).",
 )
-FILES_THUMBNAILS = Counter(
-    "files_thumbnails_total", "Thumbnails made, by outcome: succeeded, failed.", ["outcome"]
-)
 
 _http_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 

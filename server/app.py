@@ -145,12 +145,12 @@ async def actors(app: web.Application) -> AsyncIterator[None]:
             lambda: Files(settings, replicas),
             concurrency=settings.db_pool_size + settings.files_max_uploads,
         )
-        await system.spawn(
+        await system.spawn(JOBS, lambda: JobsActor(settings, replicas), concurrency=128)
+        await system.spawn(  # after the jobs actor: thumbnails are jobs
             PRODUCT_IMAGES,
-            lambda: ProductImages(settings, replicas, system[FILES]),
+            lambda: ProductImages(settings, replicas, system[FILES], system[JOBS]),
             concurrency=max(2, settings.db_pool_size // 2),
         )
-        await system.spawn(JOBS, lambda: JobsActor(settings, replicas), concurrency=128)
         yield
 
 

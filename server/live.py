@@ -3,7 +3,8 @@
 The hub subscribes once to the job-event channel on Redis (every process that commits events
 publishes there), and hands each event to the connections that subscribed to its job, to its
 owner's jobs (`mine`) or to its topic (staff). A client subscribing with `since` first gets what
-it missed from the event log, merged in `seq` order with what arrived live meanwhile.
+it missed from the event log, merged in `seq` order with what arrived live meanwhile; an
+announcement that arrives after the replay that already sent its event is not sent again.
 
 Each connection holds at most `WS_SEND_BUFFER` unsent messages: a client that reads slower than
 its jobs change is closed (1013, "try again later": it reconnects with `since` and loses
@@ -116,6 +117,7 @@ class Client:
         "mine",
         "outbox",
         "principal",
+        "replayed",
         "replaying",
         "token",
         "topics",
@@ -136,6 +138,8 @@ class Client:
         self.outbox: deque[bytes] = deque()
         self.replaying = 0
         self.held: list[JobEvent] = []
+        # What the last replay sent: its announcement may still be on its way from Redis.
+        self.replayed: frozenset[int] = frozenset()
         self._writer: asyncio.Task[None] | None = None
 
     def offer(self, event: JobEvent) -> None:
@@ -145,7 +149,8 @@ class Client:
                 return
             self.held.append(event)
             return
-        self.send(orjson.dumps(event.wire()))
+        if event.seq not in self.replayed:
+            self.send(orjson.dumps(event.wire()))
 
     def send(self, payload: bytes) -> None:
         if len(self.outbox) >= self.hub.settings.ws_send_buffer:

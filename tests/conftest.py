@@ -29,6 +29,7 @@ from storage.embedded import EmbeddedServices, ServiceUrls
 from storage.migrations import migrate
 
 ROOT = Path(__file__).resolve().parent.parent
+pytest_plugins = ("tests.jobs_support",)  # job_settings, jobs_api, worker: for job modules
 os.environ.setdefault("ENV_FILE", str(ROOT / ".env.test"))
 
 
@@ -112,6 +113,19 @@ async def fresh_database(services: ServiceUrls) -> AsyncIterator[ServiceUrls]:
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
             await admin.close()
+
+
+@pytest.fixture
+async def empty_database(services: ServiceUrls) -> AsyncIterator[str]:
+    """A new database with nothing in it, not even the migrations, dropped after the test."""
+    name = f"migrations_{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(services.database_url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield with_database(services.database_url, name)
+    finally:
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await admin.close()
 
 
 async def _can_connect(dsn: str) -> bool:

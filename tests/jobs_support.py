@@ -1,4 +1,8 @@
-"""Helpers for job tests: real worker and scheduler processes, and a test-side dispatcher."""
+"""Helpers for job tests: real worker and scheduler processes, and a test-side dispatcher.
+
+Fixtures for job test modules: `job_settings`, this module's settings on a database of its own
+(a module may define its own), `jobs_api`, the app on them, and `worker`, a worker process
+of every topic."""
 
 from __future__ import annotations
 
@@ -11,6 +15,8 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
 from asyncpg import Record
 from redis.asyncio import Redis
 
@@ -20,10 +26,12 @@ from actors.jobs import JOBS, CancelJob, JobsActor, ReplayJob, SubmitJob
 from actors.runtime import ActorRef
 from config import Settings
 from scheduler.model import Job
+from server.app import create_app
 from storage import jobs
+from storage.embedded import ServiceUrls
 from storage.postgres import Database, ReplicaSet
 from storage.redis import open_redis
-from tests.conftest import eventually
+from tests.conftest import eventually, fresh_database, settings_for
 from tests.processes import ROOT, service_env
 
 TESTER = Principal("tester", frozenset({"customer"}))
@@ -173,3 +181,23 @@ async def job_queue(settings: Settings, tmp: Path) -> AsyncIterator[Jobs]:
             # The test Redis keeps its data across runs (append-only file): leave none behind.
             async for key in redis.scan_iter(match=f"{settings.redis_namespace}:*", count=1000):
                 await redis.delete(key)
+
+
+@pytest.fixture(scope="module")
+async def job_settings(base_settings: Settings, services: ServiceUrls) -> AsyncIterator[Settings]:
+    # A database of their own: other tests' apps (other Redis namespaces) must not relay these.
+    async with fresh_database(services) as urls:
+        yield settings_for(urls, base_settings, **FAST)
+
+
+@pytest.fixture(scope="module")
+async def jobs_api(job_settings: Settings) -> AsyncIterator[TestClient]:
+    async with TestClient(TestServer(await create_app(job_settings))) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+async def worker(job_settings: Settings, tmp_path_factory) -> AsyncIterator[Jobs]:
+    async with job_queue(job_settings, tmp_path_factory.mktemp("workers")) as queue:
+        await queue.worker().start()
+        yield queue

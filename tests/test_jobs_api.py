@@ -16,16 +16,16 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import WSMsgType
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from config import Settings
+from scheduler.events import encode
 from scheduler.model import JobEvent
-from server.app import create_app
 from server.live import LIVE
 from storage.embedded import ServiceUrls
 from tests.conftest import eventually, fresh_database, settings_for
 from tests.files_support import png, upload
-from tests.jobs_support import FAST, Jobs, env_for, job_queue
+from tests.jobs_support import FAST, Jobs, env_for
 from tests.people import Caller, sign_up
 from tests.processes import ROOT, free_port, wait_until_serving
 from tests.test_catalog import create
@@ -43,19 +43,6 @@ async def job_settings(base_settings: Settings, services: ServiceUrls) -> AsyncI
             ws_recheck_seconds=0.3,
             **FAST,
         )
-
-
-@pytest.fixture(scope="module")
-async def jobs_api(job_settings: Settings) -> AsyncIterator[TestClient]:
-    async with TestClient(TestServer(await create_app(job_settings))) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-async def worker(job_settings: Settings, tmp_path_factory) -> AsyncIterator[Jobs]:
-    async with job_queue(job_settings, tmp_path_factory.mktemp("workers")) as queue:
-        await queue.worker().start()
-        yield queue
 
 
 async def submit(api: TestClient, who: Caller, body: dict[str, Any], **headers: str) -> Any:
@@ -88,6 +75,12 @@ async def job_events(ws: aiohttp.ClientWebSocketResponse, job_id: str) -> list[d
         if event.get("job_id") == job_id:
             seen.append(event)
     return seen
+
+
+def as_event(wire: dict[str, Any], **changes: Any) -> JobEvent:
+    """The event a WebSocket message shows (the owner, never sent, from `changes`)."""
+    fields = {k: v for k, v in wire.items() if k != "type"} | {"owner_id": None} | changes
+    return JobEvent(**fields)
 
 
 # -- REST ------------------------------------------------------------------------------------
@@ -221,7 +214,15 @@ async def test_websocket_follows_a_job_live_then_replays_a_gap(
         subscribed = await receive(ws)
         assert (subscribed["type"], subscribed["replayed"]) == ("subscribed", len(live) - 2)
         replayed = [await receive(ws) for _ in range(len(live) - 2)]
-    assert replayed == live[2:]
+        assert replayed == live[2:]
+
+        # The replayed events' announcements arriving late (the replay read them first) are
+        # not sent twice; what is new still is.
+        hub = jobs_api.app[LIVE]
+        late = [as_event(e, owner_id=str(user.id)) for e in live[2:]]
+        new = as_event(live[-1], seq=seqs[-1] + 10**6)
+        await hub.redis.publish(hub.keys.events, encode([*late, new]))
+        assert (await receive(ws))["seq"] == new.seq
 
 
 async def test_websocket_refuses_what_it_must_and_stays_open(jobs_api: TestClient) -> None:

@@ -16,16 +16,8 @@ from config import Settings
 from scheduler.broker import JobKeys
 from scheduler.execution import backoff
 from storage import jobs
-from storage.embedded import ServiceUrls
-from tests.conftest import eventually, fresh_database, settings_for
+from tests.conftest import eventually
 from tests.jobs_support import FAST, Jobs, job_queue
-
-
-@pytest.fixture(scope="module")
-async def job_settings(base_settings: Settings, services: ServiceUrls) -> AsyncIterator[Settings]:
-    # A database of their own: other tests' apps (other Redis namespaces) must not relay these.
-    async with fresh_database(services) as urls:
-        yield settings_for(urls, base_settings, **FAST)
 
 
 @pytest.fixture

@@ -12,11 +12,10 @@ import pytest
 from prometheus_client import REGISTRY
 
 from config import Settings
-from storage.embedded import ServiceUrls
 from storage.migrations import MigrationError, discover, migrate
 from storage.postgres import Connection, Database, ReplicaSet, read_floor
 from storage.redis import Keys, open_redis
-from tests.conftest import eventually, with_database
+from tests.conftest import eventually
 
 
 @pytest.fixture
@@ -110,18 +109,6 @@ async def test_a_replica_failing_mid_read_is_marked_down_and_the_read_retried(
 
 
 # -- migrations ---------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def empty_database(services: ServiceUrls) -> AsyncIterator[str]:
-    name = f"migrations_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(services.database_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield with_database(services.database_url, name)
-    finally:
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 def write_migrations(directory: Path) -> None:

@@ -147,6 +147,7 @@ async def _handle(
     held, client.held = (client.held, []) if not client.replaying else ([], client.held)
     merged = {event.seq: event for event in held}
     merged.update((event.seq, event) for event in missed)
+    client.replayed = frozenset(merged)
     client.reply(_subscribed(message, jobs, len(missed)))
     for seq in sorted(merged):
         client.send(orjson.dumps(merged[seq].wire()))
