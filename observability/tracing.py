@@ -80,7 +80,7 @@ def configure(
         return
     _ratio = sample_ratio
     provider = TracerProvider(
-        resource=Resource.create({"service.name": service_name}),
+        resource=_Resource.of(Resource.create({"service.name": service_name})),
         # `begins` has decided already: what reaches the SDK is to be recorded.
         sampler=ParentBased(ALWAYS_ON),
     )
@@ -91,6 +91,22 @@ def configure(
     _provider = provider
     tracer = provider.get_tracer("backend")
     log.info("tracing on", extra={"exporter": str(exporter), "sample_ratio": sample_ratio})
+
+
+class _Resource(Resource):
+    """A resource that hashes once: the OTLP encoder groups every span by its resource, and
+    `Resource.__hash__` serialises the attributes to JSON each time."""
+
+    @classmethod
+    def of(cls, resource: Resource) -> _Resource:
+        return cls(resource.attributes, resource.schema_url)
+
+    def __hash__(self) -> int:
+        try:
+            return self._hash
+        except AttributeError:
+            self._hash: int = super().__hash__()
+            return self._hash
 
 
 def _exporter(name: str, endpoint: str | None) -> SpanExporter:
