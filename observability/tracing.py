@@ -97,16 +97,16 @@ class _Resource(Resource):
     """A resource that hashes once: the OTLP encoder groups every span by its resource, and
     `Resource.__hash__` serialises the attributes to JSON each time."""
 
+    _hash: int
+
     @classmethod
     def of(cls, resource: Resource) -> _Resource:
-        return cls(resource.attributes, resource.schema_url)
+        made = cls(resource.attributes, resource.schema_url)
+        made._hash = hash(resource)
+        return made
 
     def __hash__(self) -> int:
-        try:
-            return self._hash
-        except AttributeError:
-            self._hash: int = super().__hash__()
-            return self._hash
+        return self._hash
 
 
 def _exporter(name: str, endpoint: str | None) -> SpanExporter:
