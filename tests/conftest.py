@@ -3,7 +3,9 @@
 One set of services serves the whole run: the URLs in the environment if given, else the
 embedded primary + replica + Redis in `.run/test`, started here (and stopped at the end when
 this run started them). Each run gets its own database and its own Redis namespace, so runs
-and tests are isolated by data, not by restarting servers.
+and tests are isolated by data, not by restarting servers. Tests that stop a service (Redis
+down, replica down) stop embedded ones only: the run's own, or, when the run was given URLs,
+a second embedded set started for them (`stoppable`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import contextlib
 import os
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -25,7 +28,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from config import Settings, load_settings
 from server.app import create_app
 from server.cli import embedded_needs
-from storage.embedded import EmbeddedServices, ServiceUrls
+from storage.embedded import SERVICES, EmbeddedServices, ServiceUrls
 from storage.migrations import migrate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,9 +78,29 @@ def services(base_settings: Settings, embedded: EmbeddedServices) -> Iterator[Se
         embedded.stop(started_here)
 
 
+@dataclass(frozen=True)
+class Stoppable:
+    """Embedded services a test may stop and start again, and their URLs."""
+
+    embedded: EmbeddedServices
+    urls: ServiceUrls
+
+
 @pytest.fixture(scope="session")
-def uses_embedded(base_settings: Settings) -> bool:
-    return bool(embedded_needs(base_settings))
+def stoppable(
+    base_settings: Settings, embedded: EmbeddedServices, services: ServiceUrls
+) -> Iterator[Stoppable]:
+    """The run's services when they are all embedded; else (services given by URL, which a
+    test must not stop) an embedded set of these tests' own, started on first use."""
+    if embedded_needs(base_settings) == SERVICES:
+        yield Stoppable(embedded, services)
+        return
+    own = EmbeddedServices(base_settings.state_dir / "stoppable")
+    urls = own.start()
+    try:
+        yield Stoppable(own, urls)
+    finally:
+        own.stop()
 
 
 @pytest.fixture(scope="session")

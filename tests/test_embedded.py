@@ -11,27 +11,19 @@ import asyncpg
 import pytest
 import redis
 
-from storage.embedded import EmbeddedServices, ServiceUrls
+from tests.conftest import Stoppable
 
 
-@pytest.fixture
-def embedded_only(uses_embedded: bool) -> None:
-    if not uses_embedded:
-        pytest.skip("this run uses the services given by URL, not the embedded ones")
-
-
-@pytest.mark.usefixtures("embedded_only")
-def test_start_is_idempotent(embedded: EmbeddedServices, services: ServiceUrls) -> None:
+def test_start_is_idempotent(stoppable: Stoppable) -> None:
+    embedded = stoppable.embedded
     before = {s.name: s.pid for s in embedded.status()}
-    assert embedded.start() == services
+    assert embedded.start() == stoppable.urls
     assert {s.name: s.pid for s in embedded.status()} == before
     assert all(pid is not None for pid in before.values())
 
 
-@pytest.mark.usefixtures("embedded_only")
-def test_state_is_private_and_restart_reuses_the_port(
-    embedded: EmbeddedServices, services: ServiceUrls
-) -> None:
+def test_state_is_private_and_restart_reuses_the_port(stoppable: Stoppable) -> None:
+    embedded, services = stoppable.embedded, stoppable.urls
     state_file = embedded.root / "services.json"
     assert stat.S_IMODE(state_file.stat().st_mode) == 0o600
     port = json.loads(state_file.read_text())["redis_port"]
@@ -49,8 +41,8 @@ def test_state_is_private_and_restart_reuses_the_port(
     client.close()
 
 
-@pytest.mark.usefixtures("embedded_only")
-def test_services_refuse_unauthenticated_clients(services: ServiceUrls) -> None:
+def test_services_refuse_unauthenticated_clients(stoppable: Stoppable) -> None:
+    services = stoppable.urls
     cache = urlsplit(services.redis_url)
     with pytest.raises(redis.AuthenticationError):
         redis.Redis(host=cache.hostname, port=cache.port).ping()

@@ -8,16 +8,19 @@ import shutil
 import signal
 import stat
 import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 from prometheus_client import REGISTRY
 
 from config import Settings
+from server.app import create_app
 from storage.embedded import EmbeddedServices
 from storage.postgres import Database, ReplicaSet
-from tests.conftest import eventually
+from tests.conftest import Stoppable, eventually, fresh_database, settings_for
 from tests.processes import ROOT, free_port, service_env, wait_until_serving
 
 
@@ -62,11 +65,23 @@ async def test_sigterm_finishes_in_flight_requests_then_exits(settings: Settings
             await server.wait()
 
 
+@pytest.fixture
+async def stoppable_client(
+    aiohttp_client: Callable[[web.Application], Awaitable[TestClient]],
+    base_settings: Settings,
+    stoppable: Stoppable,
+) -> AsyncIterator[tuple[TestClient, Settings]]:
+    """An app on a database of its own on the services a test may stop, and its settings."""
+    async with fresh_database(stoppable.urls) as urls:
+        settings = settings_for(urls, base_settings)
+        yield await aiohttp_client(await create_app(settings)), settings
+
+
 async def test_reads_fall_back_to_primary_while_the_replica_is_down(
-    client: TestClient, settings: Settings, embedded: EmbeddedServices, uses_embedded: bool
+    stoppable_client: tuple[TestClient, Settings], stoppable: Stoppable
 ) -> None:
-    if not uses_embedded:
-        pytest.skip("stops the replica, which only the embedded services let a test do")
+    client, settings = stoppable_client
+    embedded = stoppable.embedded
 
     async def readiness() -> dict:
         async with client.get("/readyz") as response:

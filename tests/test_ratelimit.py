@@ -6,6 +6,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -20,8 +21,8 @@ from server.app import create_app
 from server.ratelimit import RateLimiter
 from server.routing import PUBLIC, Routes, install
 from server.state import PRINCIPAL
-from storage.embedded import EmbeddedServices, ServiceUrls
-from tests.conftest import settings_for
+from storage.embedded import ServiceUrls
+from tests.conftest import Stoppable, settings_for
 from tests.processes import ROOT, free_port, service_env, wait_until_serving
 
 Factory = Callable[..., Awaitable[TestClient]]
@@ -54,8 +55,12 @@ async def limited(
     database: ServiceUrls,
     base_settings: Settings,
 ) -> Factory:
-    async def make(policies: dict[str, dict[str, Any]], **overrides: Any) -> TestClient:
-        settings = settings_for(database, base_settings, rate_limit_policies=policies, **overrides)
+    async def make(
+        policies: dict[str, dict[str, Any]], urls: ServiceUrls | None = None, **overrides: Any
+    ) -> TestClient:
+        """An app under `policies` on the run's database and Redis, or on `urls`."""
+        urls = urls or database
+        settings = settings_for(urls, base_settings, rate_limit_policies=policies, **overrides)
         app = await create_app(settings)
         app.middlewares.insert(2, as_user)  # where authentication sits, before the limiter
         install(app, probe)
@@ -181,18 +186,18 @@ async def test_shadow_mode_counts_but_never_refuses(limited: Factory) -> None:
 
 
 async def test_redis_down_fails_open_or_closed_as_configured(
-    limited: Factory, embedded: EmbeddedServices, uses_embedded: bool
+    limited: Factory, database: ServiceUrls, stoppable: Stoppable
 ) -> None:
-    if not uses_embedded:
-        pytest.skip("stops Redis, which only the embedded services let a test do")
     client = await limited(
         {
             "default": {"capacity": 10, "per_second": 1},
             "strict": {"capacity": 10, "per_second": 1, "on_redis_error": "closed"},
-        }
+        },
+        urls=replace(database, redis_url=stoppable.urls.redis_url),
     )
     assert (await client.get("/probe/cheap")).status == 200
     opened = decisions("default", "fail_open")
+    embedded = stoppable.embedded
     embedded.stop(("redis",))
     try:
         served = await client.get("/probe/cheap")
