@@ -92,7 +92,7 @@ def stoppable(
 ) -> Iterator[Stoppable]:
     """The run's services when they are all embedded; else (services given by URL, which a
     test must not stop) an embedded set of these tests' own, started on first use."""
-    if embedded_needs(base_settings) == SERVICES:
+    if set(embedded_needs(base_settings)) == set(SERVICES):
         yield Stoppable(embedded, services)
         return
     own = EmbeddedServices(base_settings.state_dir / "stoppable")
