@@ -3,6 +3,10 @@
 * Placing an order takes the stock and writes the order in one transaction
   (`storage.orders.PLACE`): under any concurrency no order is accepted that the stock could
   not cover, and the database refuses stock below zero whatever happens.
+* The orders that arrive while a batch is being placed go together in the next: one
+  statement and one commit for all of them (group commit), so under load the database
+  spends a round trip, a commit and one set of row locks on many orders, and a hot product
+  is locked once per batch rather than once per order. Alone, an order is its own batch.
 * With an `Idempotency-Key`, the response is stored in that same transaction and replayed to
   retries with the same request; see `storage.idempotency`.
 * Status changes follow `TRANSITIONS`; cancelling or refunding puts the stock back. Every
@@ -47,7 +51,8 @@ from actors.system import ActorKey
 from config import Settings
 from observability import metrics
 from storage import idempotency, orders
-from storage.freshness import Written, run_with_position, write_with_position
+from storage.batching import GroupCommit
+from storage.freshness import Written, write_with_position
 from storage.postgres import Connection, Database, ReplicaSet
 
 log = logging.getLogger("backend.orders")
@@ -177,6 +182,7 @@ class Orders(Actor):
         self.db: Database
         self._placed = metrics.child(metrics.ORDERS, "placed")
         self._replayed = metrics.child(metrics.ORDERS, "replayed")
+        self._together = GroupCommit(self._place_together, name="orders")
 
     async def on_start(self) -> None:
         s = self.settings
@@ -187,20 +193,17 @@ class Orders(Actor):
         self._stack.push_async_callback(background.cancel, upkeep)
 
     async def on_stop(self) -> None:
+        await self._together.close()
         await self._stack.aclose()
 
     # -- placing ---------------------------------------------------------------------------
 
     @handler
     async def place(self, message: PlaceOrder) -> Placed:
-        try:
-            outcome, position = await run_with_position(self.db, self._place, message)
-        except asyncpg.UniqueViolationError as error:
-            if error.constraint_name != "idempotency_keys_pkey":
-                raise
-            # Another request with this key got past the lookup at the same moment and
-            # committed first; this one rolled back. Now the lookup finds its answer.
-            outcome, position = await run_with_position(self.db, self._place, message)
+        outcome = None if message.idempotency else await self._together.submit(message)
+        if outcome is None:  # it needs a transaction of its own, or a verdict of its own
+            outcome = await self._alone(message)
+        position = await self.db.position()
         remember = self.sessions.ask(RememberWrite(message.principal.user_id, position))
         if outcome.replayed:
             self._replayed.inc()
@@ -210,6 +213,32 @@ class Orders(Actor):
             product_ids = tuple(product_id for product_id, _ in message.lines)
             await asyncio.gather(self.catalog.ask(ProductsChanged(product_ids, position)), remember)
         return Placed(outcome.body, position, outcome.replayed)
+
+    async def _place_together(self, batch: list[PlaceOrder]) -> list[_Outcome | None]:
+        """The orders that arrived while the last batch was being placed, in one statement
+        and one commit. An order this refuses (None) is placed again on its own, for an
+        exact verdict; so are all of them if one makes the statement fail."""
+        if len(batch) == 1:
+            return [await self._alone(batch[0])]
+        orders_by_user = [(int(m.principal.user_id), m.lines) for m in batch]
+        async with self.db.primary() as conn:
+            try:
+                rows = await orders.place(conn, orders_by_user)
+            except asyncpg.PostgresError:
+                return [None] * len(batch)
+        return [None if row["id"] is None else _Outcome(_body(row), False) for row in rows]
+
+    async def _alone(self, message: PlaceOrder) -> _Outcome:
+        try:
+            async with self.db.primary() as conn:
+                return await self._place(conn, message)
+        except asyncpg.UniqueViolationError as error:
+            if error.constraint_name != "idempotency_keys_pkey":
+                raise
+        # Another request with this key got past the lookup at the same moment and committed
+        # first; this one rolled back. Now the lookup finds its answer.
+        async with self.db.primary() as conn:
+            return await self._place(conn, message)
 
     async def _place(self, conn: Connection, message: PlaceOrder) -> _Outcome:
         key = message.idempotency
@@ -299,17 +328,19 @@ def _may_see(principal: Principal, owner_id: int) -> bool:
 
 
 async def _take_stock(conn: Connection, message: PlaceOrder) -> _Outcome:
-    product_ids = [product_id for product_id, _ in message.lines]
-    quantities = [quantity for _, quantity in message.lines]
     try:
-        row = await orders.place(conn, int(message.principal.user_id), product_ids, quantities)
+        [row] = await orders.place(conn, [(int(message.principal.user_id), message.lines)])
     except asyncpg.CheckViolationError as error:  # the database's last word on stock >= 0
         if error.constraint_name != "products_stock_nonnegative":
             raise
         raise OutOfStock("not enough stock") from None
     if row["id"] is None:
         raise _refusal(message.lines, row)
-    return _Outcome(Order.of(row).model_dump_json(exclude={"history"}).encode(), replayed=False)
+    return _Outcome(_body(row), replayed=False)
+
+
+def _body(row: asyncpg.Record) -> bytes:
+    return Order.of(row).model_dump_json(exclude={"history"}).encode()
 
 
 def _refusal(lines: tuple[tuple[int, int], ...], row: Any) -> DomainError:

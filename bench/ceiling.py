@@ -5,7 +5,8 @@ middleware, actors or validation, on the same number of processes (SO_REUSEPORT,
 
 Routes: `/noop`; `/redis/{id}` (one raw Redis GET, answered as is); `/pk/{id}` (one raw
 asyncpg primary-key SELECT on a replica, encoded with orjson); `POST /order?user=ID` (the
-service's order transaction, `storage.orders.PLACE`, in raw asyncpg on the primary).
+service's order transaction, `storage.orders.PLACE`, in raw asyncpg on the primary, one
+transaction per order).
 """
 
 from __future__ import annotations
@@ -56,8 +57,9 @@ async def order(request: web.Request) -> web.Response:
     lines = orjson.loads(await request.read())["items"]
     ids = [line["product_id"] for line in lines]
     quantities = [line["quantity"] for line in lines]
-    async with request.app[RESOURCES].primary.acquire() as conn:
-        row = await conn.fetchrow(PLACE, int(request.query["user"]), ids, quantities)
+    user = int(request.query["user"])
+    async with request.app[RESOURCES].primary.acquire() as conn:  # one order, as one batch
+        row = await conn.fetchrow(PLACE, [user], [1] * len(ids), ids, quantities)
     return web.Response(body=orjson.dumps(dict(row)), status=201, content_type="application/json")
 
 

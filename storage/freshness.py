@@ -114,16 +114,6 @@ async def write_with_position(
     return result, await db.position()
 
 
-async def run_with_position(
-    db: Database, query: Query[P, T], *args: P.args, **kwargs: P.kwargs
-) -> tuple[T, int]:
-    """Like `write_with_position`, for a `query` that makes its own atomicity (a single
-    statement, or its own transaction when it needs one)."""
-    async with db.primary() as conn:
-        result = await query(conn, *args, **kwargs)
-    return result, await db.position()
-
-
 @contextmanager
 def reading_after(position: int) -> Iterator[None]:
     """Reads inside see at least WAL `position` (and whatever floor was already set)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import secrets
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -16,6 +17,7 @@ from aiohttp.test_utils import TestClient
 from prometheus_client import REGISTRY
 
 from config import Settings
+from storage import orders
 from storage.postgres import parse_lsn
 from tests.conftest import eventually
 from tests.people import Caller, sign_up
@@ -114,6 +116,63 @@ async def test_concurrent_orders_never_oversell(
         "SELECT sum(quantity) FROM order_items WHERE product_id = $1", product["id"]
     )
     assert sold == 50
+
+
+async def test_a_batch_judges_its_orders_in_turn_and_places_only_what_stock_covers(
+    api: TestClient, staff: Caller, customer: Caller, db: asyncpg.Pool
+) -> None:
+    mug = await create(api, staff, stock=5, price_minor=1000)
+    off = await create(api, staff, stock=5, active=False)
+    dollars = await create(api, staff, stock=5, currency="USD")
+    unknown = mug["id"] + 10**9
+    batch = [
+        ((mug["id"], 3),),  # placed: 3 of 5
+        ((unknown, 1),),
+        ((off["id"], 1),),
+        ((mug["id"], 3),),  # 3 + 3 > 5
+        ((mug["id"], 1), (dollars["id"], 1)),
+        ((mug["id"], 2),),  # 2 are left, but 3 + 3 + 1 + 2 > 5: judged again alone
+    ]
+    async with db.acquire() as conn:
+        rows = await orders.place(conn, [(customer.id, lines) for lines in batch])
+    assert [row["id"] is not None for row in rows] == [True, False, False, False, False, False]
+    placed, missing, off_sale, short, mixed, after_refusal = rows
+    assert placed["total_minor"] == 3000
+    assert [item["quantity"] for item in json.loads(placed["items"])] == [3]
+    assert json.loads(missing["found"]) == []
+    assert json.loads(off_sale["found"]) == [{"id": off["id"], "stock": 5, "active": False}]
+    assert json.loads(short["found"]) == [{"id": mug["id"], "stock": 5, "active": True}]
+    assert mixed["currencies"] == 2
+    assert after_refusal["id"] is None
+    assert (await stock(db, mug["id"]), await stock(db, dollars["id"])) == (2, 5)
+    followups = await db.fetchval(
+        "SELECT count(*) FROM job_outbox WHERE params->>'order_id' = $1", str(placed["id"])
+    )
+    assert followups == 1
+
+
+async def test_orders_that_arrive_together_commit_together_with_an_answer_each(
+    api: TestClient, staff: Caller, db: asyncpg.Pool
+) -> None:
+    buyer = await sign_up(api)
+    plenty = await create(api, staff, stock=1000)
+    responses = await asyncio.gather(*(order(api, buyer, (plenty["id"], 1)) for _ in range(20)))
+    assert {r.status for r in responses} == {201}
+    commits = await db.fetchval(
+        "SELECT count(DISTINCT xmin::text) FROM orders WHERE user_id = $1", buyer.id
+    )
+    assert commits < 20  # some shared one statement and one commit
+
+    scarce = await create(api, staff, stock=5)
+    off = await create(api, staff, stock=5, active=False)
+    lines = [((scarce["id"], 3),), ((scarce["id"], 3),), ((scarce["id"], 2),)]
+    lines += [((off["id"], 1),), ((scarce["id"] + 10**9, 1),)]
+    answers = await asyncio.gather(*(order(api, buyer, *each) for each in lines))
+    # Whatever order they were judged in, 3 + 2 fit and one 3 does not.
+    assert sorted(r.status for r in answers[:3]) == [201, 201, 409]
+    assert [r.status for r in answers[3:]] == [409, 422]
+    assert await stock(db, scarce["id"]) == 0
+    assert await orders_of(db, buyer.id) == 22
 
 
 async def test_orders_over_the_same_products_in_any_order_do_not_deadlock(
