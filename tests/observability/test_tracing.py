@@ -3,19 +3,25 @@ trace continued; sampling; trace context carried in a job's labels; nothing when
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import (
+    encode_spans as official_encoding,
+)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 from redis.asyncio import Redis
 
 from config import Settings
-from observability import tracing
+from observability import otlp, tracing
 from server.app import create_app
 from storage.redis import Keys, TracedRedis, open_redis
 from tests.conftest import eventually
@@ -198,3 +204,69 @@ async def test_tracing_off_costs_no_instrumentation(settings: Settings, app: web
         assert not span.is_recording()
     assert tracing.inject({"a": "b"}) == {"a": "b"}
     assert tracing.log_fields() is None
+
+
+def _spans_of_every_shape(spans: InMemorySpanExporter) -> tuple[ReadableSpan, ...]:
+    """Spans with every kind of field the encoder writes."""
+    remote = f"00-{TRACE_ID}-{PARENT_ID}-01"
+    caller = tracing.extract({"traceparent": remote, "tracestate": "vendor=1,other=two"})
+    with tracing.span("GET /things/{id}", kind=SpanKind.SERVER, context=caller, root=True) as top:
+        top.set_attributes({"http.route": "/things/{id}", "retries": 3, "ratio": 0.25})
+        top.set_attribute("cached", False)
+        top.set_attribute("tags", ("a", "b"))
+        top.set_attribute("big", -(2**40))
+        with tracing.span("child", attributes={"bytes": b"\x00\x01"}) as child:
+            child.add_event("checkpoint", {"step": 1})
+            child.add_link(top.get_span_context(), {"why": "retry of"})
+            tracing.failed(child, ValueError("no such thing"))
+        with tracing.span("quiet") as quiet:
+            quiet.set_status(StatusCode.OK)
+            quiet.set_status(StatusCode.ERROR, "too late: OK is final")
+    return spans.get_finished_spans()
+
+
+def test_spans_are_encoded_as_the_official_otlp_encoder_does(spans: InMemorySpanExporter):
+    finished = _spans_of_every_shape(spans)
+    ours = ExportTraceServiceRequest.FromString(otlp.encode_spans(finished))
+    assert ours == official_encoding(finished)
+    [scope] = ours.resource_spans[0].scope_spans
+    assert [span.name for span in scope.spans] == ["child", "quiet", "GET /things/{id}"]
+
+
+def test_a_failure_is_recorded_as_the_sdk_records_it(spans: InMemorySpanExporter) -> None:
+    child, quiet, top = finished = _spans_of_every_shape(spans)
+    assert child.status.status_code is StatusCode.ERROR
+    assert child.status.description == "ValueError"
+    [checkpoint, exception] = child.events
+    assert checkpoint.attributes == {"step": 1}
+    assert exception.name == "exception"
+    assert exception.attributes["exception.type"] == "ValueError"
+    assert exception.attributes["exception.message"] == "no such thing"
+    assert quiet.status.status_code is StatusCode.OK
+    assert top.context.trace_id == int(TRACE_ID, 16)
+    assert top.context.trace_state.to_header() == "vendor=1,other=two"
+    assert top.parent.is_remote
+    assert child.parent.span_id == top.context.span_id
+    assert not child.parent.is_remote
+    assert len({span.context.span_id for span in finished}) == 3
+
+
+async def test_the_otlp_exporter_delivers_to_a_collector(
+    spans: InMemorySpanExporter, aiohttp_server: Callable[..., Awaitable[TestServer]]
+) -> None:
+    received: list[ExportTraceServiceRequest] = []
+
+    async def collect(request: web.Request) -> web.Response:
+        received.append(ExportTraceServiceRequest.FromString(await request.read()))
+        return web.Response(content_type="application/x-protobuf")
+
+    collector = web.Application()
+    collector.router.add_post("/v1/traces", collect)
+    server = await aiohttp_server(collector)
+    finished = _spans_of_every_shape(spans)
+    exporter = otlp.Exporter(endpoint=str(server.make_url("/v1/traces")))
+    try:
+        assert await asyncio.to_thread(exporter.export, finished) is SpanExportResult.SUCCESS
+    finally:
+        exporter.shutdown()
+    assert received == [official_encoding(finished)]
