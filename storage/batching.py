@@ -8,7 +8,8 @@ load many requests want the same kind of call at once. Two policies:
   A lone call costs one round trip as before. For Redis calls on the request path.
 * `GroupCommit`: one `flush(items)` at a time; what arrives meanwhile waits for the next, so
   under load batches grow by themselves (and at low load a call costs one extra turn of the
-  loop). For database writes, where fewer, larger transactions are the point.
+  loop). For database writes, where fewer, larger transactions are the point. A call
+  cancelled before its batch is flushed is left out of it.
 
 Either way each caller gets its own item's result, and a failed round trip fails every call it
 carried.
@@ -78,7 +79,11 @@ class GroupCommit(Generic[I, R]):
         try:
             while self._queue:
                 batch, self._queue = self._queue[: self.max_size], self._queue[self.max_size :]
-                await _deliver(self._flush, batch)
+                # A caller that gave up while it waited (its deadline, a disconnect) is left
+                # out: what it asked for is not done behind its back.
+                batch = [(item, answer) for item, answer in batch if not answer.done()]
+                if batch:
+                    await _deliver(self._flush, batch)
         finally:
             self._task = None
 
