@@ -51,9 +51,12 @@ class Row:
     load: Load
     ceiling: Load | None
     target: float | None = None  # the ratio the row should reach
+    paired: float | None = None  # a ratio measured round by round, when there is one
 
     @property
     def ratio(self) -> float | None:
+        if self.paired is not None:
+            return self.paired
         return None if self.ceiling is None else self.load.rps / self.ceiling.rps
 
     def line(self) -> str:
