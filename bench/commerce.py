@@ -22,7 +22,7 @@ from typing import Any
 import asyncpg
 import redis
 
-from bench.harness import Load, Request, Row, counting_errors, run_wrk
+from bench.harness import Request, Row, counting_errors
 from bench.run import Bench
 from storage.redis import Keys
 
@@ -90,30 +90,37 @@ def _reads(bench: Bench, server: str, data: Fixture) -> list[Row]:
 
 def _orders(bench: Bench, server: str, data: Fixture) -> list[Row]:
     auth = f'wrk.headers["Authorization"] = "Bearer {data.token}"'
+    spread = Request("", lua=_ordering("/api/v1/orders", data.product_ids, auth))
+    hot = Request("", lua=_ordering("/api/v1/orders", [data.hot_id], auth))
+    ceiling = Request("", lua=_ordering(f"/order?user={data.customer_id}", data.product_ids, ""))
     found = []
     for connections in bench.connections:
-        spread = _noted(
-            bench.measure(
-                "POST /orders vs raw order transaction",
-                Request("", lua=_ordering("/api/v1/orders", data.product_ids, auth)),
-                ceiling=Request(
-                    "", lua=_ordering(f"/order?user={data.customer_id}", data.product_ids, "")
-                ),
-                connections=connections,
-                target=0.7,
-                server=server,
+        found.append(
+            _noted(
+                bench.measure(
+                    "POST /orders vs raw order transaction",
+                    spread,
+                    ceiling=ceiling,
+                    connections=connections,
+                    target=0.7,
+                    server=server,
+                )
             )
         )
-        hot_request = Request("", lua=_ordering("/api/v1/orders", [data.hot_id], auth))
-        hot = run_wrk(server, hot_request, connections=connections, seconds=bench.seconds)
-        found += [spread, _hot_row(connections, hot, spread.load)]
+        found.append(
+            _noted(
+                bench.measure(
+                    "POST /orders one hot product vs spread out",
+                    hot,
+                    ceiling=spread,
+                    connections=connections,
+                    target=0.5,
+                    server=server,
+                    ceiling_server=server,
+                )
+            )
+        )
     return found
-
-
-def _hot_row(connections: int, hot: Load, spread: Load) -> Row:
-    row = Row("POST /orders one hot product vs spread out", connections, hot, spread, 0.5)
-    print(row.line(), flush=True)
-    return _noted(row)
 
 
 def _noted(row: Row) -> Row:

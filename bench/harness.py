@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -48,16 +49,41 @@ class Request:
 class Row:
     name: str
     connections: int
-    load: Load
+    load: Load  # the median run of those measured
     ceiling: Load | None
     target: float | None = None  # the ratio the row should reach
     paired: float | None = None  # a ratio measured round by round, when there is one
+    runs: tuple[Load, ...] = ()  # every run of `load`'s side
 
     @property
     def ratio(self) -> float | None:
         if self.paired is not None:
             return self.paired
         return None if self.ceiling is None else self.load.rps / self.ceiling.rps
+
+    @classmethod
+    def paired_runs(
+        cls,
+        name: str,
+        connections: int,
+        runs: list[Load],
+        baseline: list[Load],
+        target: float | None = None,
+    ) -> Row:
+        """`runs` against `baseline`, measured in alternating rounds: each side's median run,
+        and the median of the rounds' throughput ratios. On a shared machine one run strays by
+        10% from the next and the whole machine drifts by as much within a minute: pairing
+        runs of the same round cancels the drift, the median shrugs off the strays."""
+        ratios = [ours.rps / theirs.rps for ours, theirs in zip(runs, baseline, strict=True)]
+        return cls(
+            name,
+            connections,
+            median_run(runs),
+            median_run(baseline),
+            target,
+            paired=statistics.median(ratios),
+            runs=tuple(runs),
+        )
 
     def line(self) -> str:
         ceiling = (
@@ -76,6 +102,10 @@ class Row:
             f"{self.load.p50_ms:>7.1f} {self.load.p99_ms:>8.1f} | {ceiling} {ratio:>7} "
             f"{target:>9} {verdict}{errors}"
         )
+
+
+def median_run(runs: list[Load]) -> Load:
+    return sorted(runs, key=lambda load: load.rps)[len(runs) // 2]
 
 
 HEADER = (

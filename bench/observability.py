@@ -73,16 +73,8 @@ def rows(bench: Bench) -> list[Row]:
         exported = json.load(urllib.request.urlopen(f"{sink}/spans", timeout=5))["spans"]
 
     def row(name: str, group: str, baseline: str, target: float | None = None) -> Row:
-        """`group` against `baseline`: the median of the rounds' throughput ratios."""
-        ratios = [a.rps / b.rps for a, b in zip(loads[group], loads[baseline], strict=True)]
-        median = {g: sorted(loads[g], key=lambda load: load.rps)[ROUNDS // 2] for g in loads}
-        return Row(
-            f"{name}: {route}",
-            connections,
-            median[group],
-            median[baseline],
-            target,
-            paired=statistics.median(ratios),
+        return Row.paired_runs(
+            f"{name}: {route}", connections, loads[group], loads[baseline], target
         )
 
     found = [

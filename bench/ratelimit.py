@@ -35,7 +35,8 @@ def rows(bench: Bench) -> list[Row]:
                 server=limited,
                 ceiling_server=unlimited,
             )
-            calls = (_script_calls(counters) - before) / max(1, row.load.requests)
+            requests = sum(load.requests for load in row.runs)
+            calls = (_script_calls(counters) - before) / max(1, requests)
             print(f"{'':<44} Redis calls per limited request: {calls:.2f} (target <= 1)")
             found.append(row)
     counters.close()

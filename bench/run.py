@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from bench.harness import HEADER, ROOT, Request, Row, process, run_wrk
+from bench.harness import HEADER, ROOT, Load, Request, Row, median_run, process, run_wrk
 from config import Settings, load_settings
 from server.cli import embedded_needs, resolve
 from storage.embedded import EmbeddedServices
@@ -27,6 +27,7 @@ class Bench:
     connections: tuple[int, ...]
 
     workers: int = 1
+    rounds: int = 3
 
     def measure(
         self,
@@ -40,18 +41,20 @@ class Bench:
         ceiling_server: str | None = None,
     ) -> Row:
         """Load `request` on the shipped server (or `server`) and `ceiling` on the bare
-        ceiling app (or `ceiling_server`), one after the other, and print the row."""
-        base = server or self.server
-        load = run_wrk(base, request, connections=connections, seconds=self.seconds)
-        top = None
+        ceiling app (or `ceiling_server`) in `rounds` rounds, taking turns at going first, and
+        print the row (see `Row.paired_runs`)."""
+        sides = [(server or self.server, request)]
         if ceiling is not None:
-            top = run_wrk(
-                ceiling_server or self.ceiling,
-                ceiling,
-                connections=connections,
-                seconds=self.seconds,
-            )
-        row = Row(name, connections, load, top, target)
+            sides.append((ceiling_server or self.ceiling, ceiling))
+        runs: list[list[Load]] = [[] for _ in sides]
+        for round_ in range(self.rounds):
+            turn = list(zip(sides, runs, strict=True))
+            for (base, load), found in turn if round_ % 2 == 0 else reversed(turn):
+                found.append(run_wrk(base, load, connections=connections, seconds=self.seconds))
+        if ceiling is None:
+            row = Row(name, connections, median_run(runs[0]), None, target, runs=tuple(runs[0]))
+        else:
+            row = Row.paired_runs(name, connections, runs[0], runs[1], target)
         print(row.line(), flush=True)
         return row
 
@@ -138,8 +141,11 @@ def servers(settings: Settings, workers: int) -> Iterator[tuple[str, str]]:
         yield f"http://127.0.0.1:{server_port}", f"http://127.0.0.1:{ceiling_port}"
 
 
-def print_header(workers: int, seconds: float) -> None:
-    print(f"{workers} server processes each side; {seconds:g}s per measurement; wrk on loopback")
+def print_header(workers: int, seconds: float, rounds: int) -> None:
+    print(
+        f"{workers} server processes each side; {rounds} rounds of {seconds:g}s per side and "
+        "row, medians; wrk on loopback"
+    )
     print(HEADER)
     print("-" * len(HEADER))
 
