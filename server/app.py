@@ -135,10 +135,10 @@ async def actors(app: web.Application) -> AsyncIterator[None]:
             lambda: Catalog(settings, replicas, sessions),
             concurrency=settings.db_pool_size + settings.redis_pool_size,
         )
-        await system.spawn(  # twice its pool: after its commit, an order waits on Redis
+        await system.spawn(  # a batch of orders takes one connection: let batches form
             ORDERS,
             lambda: Orders(settings, replicas, sessions, catalog),
-            concurrency=settings.db_pool_size * 2,
+            concurrency=settings.db_pool_size * 4,
         )
         await system.spawn(
             FILES,
