@@ -3,13 +3,12 @@
 
 Four `backend serve` groups, started together, each with the shipped process count: metrics
 off; as shipped (metrics on, tracing off); tracing at 10% to an OTLP collector (a local sink);
-tracing at 100%. Short rounds go through them forwards, then backwards, and each figure is the
-median over the rounds of a group's ratio to its baseline in the same round: on this shared
-machine one run strays by up to 10% from the next and the whole machine drifts by as much
-within a minute, which the pairing cancels and the median shrugs off (the best of a few runs
-is an outlier, not a measure). Rows: metrics on against off (target: under 5% cost), tracing
-at 10% against metrics on, tracing's baseline (target: under 10%). Server CPU per request is
-printed too: it holds up better than throughput when other work shares the machine.
+tracing at 100%. Nine short rounds go through them forwards, then backwards, and each figure
+is the median over the rounds of a group's ratio to its baseline in the same round (see
+`Row.paired_runs`; finer than the other suites' three rounds, for a 5% target). Rows: metrics
+on against off (target: under 5% cost), tracing at 10% against metrics on, tracing's baseline
+(target: under 10%). Server CPU per request is printed too: it holds up better than
+throughput when other work shares the machine.
 """
 
 from __future__ import annotations

@@ -49,8 +49,8 @@ class Bench:
         runs: list[list[Load]] = [[] for _ in sides]
         for round_ in range(self.rounds):
             turn = list(zip(sides, runs, strict=True))
-            for (base, load), found in turn if round_ % 2 == 0 else reversed(turn):
-                found.append(run_wrk(base, load, connections=connections, seconds=self.seconds))
+            for (base, wanted), found in turn if round_ % 2 == 0 else reversed(turn):
+                found.append(run_wrk(base, wanted, connections=connections, seconds=self.seconds))
         if ceiling is None:
             row = Row(name, connections, median_run(runs[0]), None, target, runs=tuple(runs[0]))
         else:
