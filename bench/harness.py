@@ -18,11 +18,14 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -52,13 +55,15 @@ class Row:
     load: Load  # the median run of those measured
     ceiling: Load | None
     target: float | None = None  # the ratio the row should reach
-    paired: float | None = None  # a ratio measured round by round, when there is one
-    runs: tuple[Load, ...] = ()  # every run of `load`'s side
+    runs: tuple[Load, ...] = ()  # every run of `load`'s side, round by round
+    ceiling_runs: tuple[Load, ...] = ()  # and of the ceiling's, in the same rounds
 
     @property
     def ratio(self) -> float | None:
-        if self.paired is not None:
-            return self.paired
+        if self.runs and self.ceiling_runs:
+            return paired_median(
+                [load.rps for load in self.runs], [load.rps for load in self.ceiling_runs]
+            )
         return None if self.ceiling is None else self.load.rps / self.ceiling.rps
 
     @classmethod
@@ -70,19 +75,16 @@ class Row:
         baseline: list[Load],
         target: float | None = None,
     ) -> Row:
-        """`runs` against `baseline`, measured in alternating rounds: each side's median run,
-        and the median of the rounds' throughput ratios. On a shared machine one run strays by
-        10% from the next and the whole machine drifts by as much within a minute: pairing
-        runs of the same round cancels the drift, the median shrugs off the strays."""
-        ratios = [ours.rps / theirs.rps for ours, theirs in zip(runs, baseline, strict=True)]
+        """`runs` against `baseline`, measured in the same rounds (`alternate`): each side's
+        median run, and the median of the rounds' throughput ratios."""
         return cls(
             name,
             connections,
             median_run(runs),
             median_run(baseline),
             target,
-            paired=statistics.median(ratios),
             runs=tuple(runs),
+            ceiling_runs=tuple(baseline),
         )
 
     def line(self) -> str:
@@ -106,6 +108,24 @@ class Row:
 
 def median_run(runs: list[Load]) -> Load:
     return sorted(runs, key=lambda load: load.rps)[len(runs) // 2]
+
+
+def paired_median(values: list[float], baseline: list[float]) -> float:
+    """The median of the rounds' ratios of `values` to `baseline`. On a shared machine one run
+    strays by 10% from the next and the whole machine drifts by as much within a minute:
+    pairing runs of the same round cancels the drift, the median shrugs off the strays."""
+    return statistics.median(a / b for a, b in zip(values, baseline, strict=True))
+
+
+def alternate(rounds: int, sides: Sequence[Callable[[], T]]) -> list[list[T]]:
+    """Run each of `sides` once per round, forwards in even rounds and backwards in odd ones
+    (so that neither always goes first); each side's results, in round order."""
+    results: list[list[T]] = [[] for _ in sides]
+    for round_ in range(rounds):
+        order = list(zip(sides, results, strict=True))
+        for side, found in order if round_ % 2 == 0 else reversed(order):
+            found.append(side())
+    return results
 
 
 HEADER = (

@@ -19,10 +19,11 @@ import os
 import statistics
 import sys
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from bench import commerce
-from bench.harness import Load, Request, Row, process, run_wrk
+from bench.harness import Load, Request, Row, alternate, paired_median, process, run_wrk
 from bench.run import Bench
 from tests.processes import free_port
 
@@ -60,15 +61,19 @@ def rows(bench: Bench) -> list[Row]:
             "10%": stack.enter_context(bench.variant(**traced, TRACING_SAMPLE_RATIO="0.1")),
             "100%": stack.enter_context(bench.variant(**traced, TRACING_SAMPLE_RATIO="1")),
         }
-        loads: dict[str, list[Load]] = {name: [] for name in servers}
-        cpu: dict[str, list[float]] = {name: [] for name in servers}
-        for round_ in range(ROUNDS):
-            order = list(servers.items())
-            for name, base in order if round_ % 2 == 0 else reversed(order):
+
+        def measured(base: str) -> Callable[[], tuple[Load, float]]:
+            def run() -> tuple[Load, float]:
                 before = server_cpu(base)
                 load = run_wrk(base, request, connections=connections, seconds=ROUND_SECONDS)
-                cpu[name].append((server_cpu(base) - before) / max(1, load.requests))
-                loads[name].append(load)
+                return load, (server_cpu(base) - before) / max(1, load.requests)
+
+            return run
+
+        results = alternate(ROUNDS, [measured(base) for base in servers.values()])
+        measurements = dict(zip(servers, results, strict=True))
+        loads = {name: [load for load, _ in runs] for name, runs in measurements.items()}
+        cpu = {name: [used for _, used in runs] for name, runs in measurements.items()}
         exported = json.load(urllib.request.urlopen(f"{sink}/spans", timeout=5))["spans"]
 
     def row(name: str, group: str, baseline: str, target: float | None = None) -> Row:
@@ -86,8 +91,7 @@ def rows(bench: Bench) -> list[Row]:
     per_request = {name: statistics.median(values) * 1e6 for name, values in cpu.items()}
 
     def cost(group: str, baseline: str) -> str:
-        paired = [a / b for a, b in zip(cpu[group], cpu[baseline], strict=True)]
-        return f"{statistics.median(paired) - 1:+.1%}"
+        return f"{paired_median(cpu[group], cpu[baseline]) - 1:+.1%}"
 
     print(
         f"{'':<44} server CPU per request (median round): "

@@ -7,10 +7,20 @@ import contextlib
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from bench.harness import HEADER, ROOT, Load, Request, Row, median_run, process, run_wrk
+from bench.harness import (
+    HEADER,
+    ROOT,
+    Load,
+    Request,
+    Row,
+    alternate,
+    median_run,
+    process,
+    run_wrk,
+)
 from config import Settings, load_settings
 from server.cli import embedded_needs, resolve
 from storage.embedded import EmbeddedServices
@@ -43,14 +53,14 @@ class Bench:
         """Load `request` on the shipped server (or `server`) and `ceiling` on the bare
         ceiling app (or `ceiling_server`) in `rounds` rounds, taking turns at going first, and
         print the row (see `Row.paired_runs`)."""
-        sides = [(server or self.server, request)]
+
+        def run(base: str, wanted: Request) -> Callable[[], Load]:
+            return lambda: run_wrk(base, wanted, connections=connections, seconds=self.seconds)
+
+        sides = [run(server or self.server, request)]
         if ceiling is not None:
-            sides.append((ceiling_server or self.ceiling, ceiling))
-        runs: list[list[Load]] = [[] for _ in sides]
-        for round_ in range(self.rounds):
-            turn = list(zip(sides, runs, strict=True))
-            for (base, wanted), found in turn if round_ % 2 == 0 else reversed(turn):
-                found.append(run_wrk(base, wanted, connections=connections, seconds=self.seconds))
+            sides.append(run(ceiling_server or self.ceiling, ceiling))
+        runs = alternate(self.rounds, sides)
         if ceiling is None:
             row = Row(name, connections, median_run(runs[0]), None, target, runs=tuple(runs[0]))
         else:
